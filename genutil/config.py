@@ -1,0 +1,302 @@
+"""The experiment configuration: the original command-line grammar -> one frozen, typed Config.
+
+Grammar (SPEC section 2, as the original runner): ``app:<file.yml>`` names the experiment; every
+later ``--key v`` overrides ``key``; a value that parses as int, else float, stays that, else is a
+string; ``--key v1 v2`` gives a list; ``--key`` alone sets True and ``--nokey`` sets False.
+``--gpus`` and ``--data-dir`` select devices and the data root. The run title is
+``base=<yml name>_key=value_...`` over the overrides, as in the original.
+
+The Config is built once (in main.py or genutil.api) and handed to whatever needs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import yaml
+
+from genutil.errors import ConfigError
+
+__all__ = ["Config", "parse_argv", "parse_value", "load_config", "run_title", "config_help"]
+
+_SCHEDULERS = ("multistep", "cosine", "linear_decaying", "exp_decaying")
+_GRAPHS = ("complete", "dnw", "dnw_no_update", "random", "fine_tune", "td", "reg_td")
+
+
+def _f(default: Any, help: str, choices: Optional[tuple] = None) -> Any:
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every key an experiment file or the command line may set. Names are the original's."""
+
+    # what to run
+    model: str = _f("", "model class as 'module.path:ClassName' under models.")
+    data: str = _f("", "dataset class as 'module.path:ClassName' under data.")
+    # data
+    data_dir: str = _f("./datasets", "root folder of the datasets (--data-dir)")
+    batch_size: int = _f(128, "training batch size (all GPUs together)")
+    test_batch_size: int = _f(0, "evaluation batch size; 0 means batch_size")
+    workers: int = _f(4, "data-loading worker processes")
+    image_size: int = _f(32, "input image side in pixels")
+    val_resize: int = _f(32, "resize before the centre crop at evaluation (kept for the ymls)")
+    in_channels: int = _f(3, "input image channels")
+    output_size: int = _f(10, "number of classes")
+    train_subset: int = _f(0, "train on a random subset of this many images (0: all)")
+    # optimisation
+    lr: float = _f(0.1, "base learning rate")
+    lr_scheduler: str = _f("cosine", "learning-rate schedule", _SCHEDULERS)
+    multistep_lr_milestones: list = _f([], "epochs at which multistep multiplies lr by gamma")
+    multistep_lr_gamma: float = _f(0.1, "multistep factor")
+    exp_decaying_lr_gamma: float = _f(0.97, "exp_decaying factor per epoch")
+    optimizer: str = _f("sgd", "optimizer", ("sgd",))
+    momentum: float = _f(0.9, "SGD momentum")
+    weight_decay: float = _f(1e-4, "SGD weight decay")
+    nestorov: bool = _f(False, "Nesterov momentum (the original's spelling)")
+    num_epochs: int = _f(160, "training epochs")
+    topk: list = _f([1, 5], "top-k accuracies to report")
+    seed: int = _f(0, "seed of python, numpy and torch (the original always used 0)")
+    # the wiring
+    graph: str = _f("dnw", "edge type of every graph layer", _GRAPHS)
+    setting: str = _f("static", "tiny classifiers: static | discrete_time | continuous",
+                      ("static", "discrete_time", "continuous"))
+    prune_rate: float = _f(0.0, "fraction of edges removed, in [0, 1)")
+    prune: bool = _f(False, "kept for the original ymls (no effect)")
+    dim: int = _f(800, "tiny classifiers: number of nodes")
+    downsample_dim: int = _f(32, "tiny classifiers: channels out of the stem")
+    feature_dim: int = _f(100, "tiny classifiers: output nodes read by the classifier")
+    layers: int = _f(5, "tiny classifiers: node groups (static) or time steps (discrete)")
+    small: bool = _f(False, "MobileNetV1Like: the classifier is itself a pruned graph")
+    width_mult: float = _f(1.0, "MobileNetV1CIFAR width multiplier")
+    rho: Union[float, str] = _f(0.5, "targeted dropout drop probability, or 'gamma' (= prune_rate)")
+    td_abs: bool = _f(False, "td/reg_td: train on |w| as the original did (sign lost)")
+    ode_inplace_relu: bool = _f(
+        True, "continuous model: clamp the solver state in place as the original (SPEC 8)")
+    use_graph: str = _f("", "fine_tune: checkpoint whose wiring (and weights) to start from")
+    use_init: str = _f("", "fine_tune: checkpoint whose weights to start from (lottery ticket)")
+    # run control
+    resume: str = _f("", "checkpoint to continue from ('auto': the latest of this run)")
+    evaluate: bool = _f(False, "only evaluate (with --resume)")
+    save_dir: str = _f("./checkpoints", "checkpoint root; the run's files go to save_dir/title")
+    log_dir: str = _f("./runs", "TensorBoard root; the run's events go to log_dir/title")
+    skip_profiling: bool = _f(True, "do not count MACs/params")
+    fast_eval: bool = _f(False, "remove dead nodes before evaluating")
+    use_dgl: bool = _f(False, "run the graphs with DGL (same as graph_backend: dgl)")
+    graph_backend: str = _f("dense", "fast_eval edge execution", ("dense", "sparse", "dgl"))
+    export: str = _f("", "with --fast_eval: write the shrunk model to this file")
+    gpus: list = _f([], "GPU ids; empty: all visible GPUs, or the CPU when there is none")
+    amp: str = _f("", "mixed precision on CUDA: '' | bf16 | fp16", ("", "bf16", "fp16"))
+    compile: bool = _f(False, "torch.compile the model")
+    channels_last: bool = _f(False, "channels_last memory format on CUDA")
+    progress: bool = _f(True, "show a progress bar per epoch")
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False}
+# Keys that select where/how a run executes, not what it is: not part of its title.
+_NOT_IN_TITLE = ("gpus", "data_dir", "save_dir", "log_dir", "resume", "progress")
+
+
+def parse_value(token: str) -> Union[int, float, str]:
+    """int if it parses as int, else float, else the string (the original's rule)."""
+    for cast in (int, float):
+        try:
+            return cast(token)
+        except ValueError:
+            pass
+    return token
+
+
+def _is_key(token: str) -> bool:
+    # '--x' is a key; '-3' is a (negative) value, unlike the original which took it for a key.
+    return token.startswith("--") and len(token) > 2
+
+
+def parse_argv(argv: list[str]) -> tuple[Optional[str], dict[str, Any]]:
+    """Split ``argv`` (without the program name) into the app path and the overrides."""
+    app = None
+    rest = list(argv)
+    if rest and rest[0].startswith("app:"):
+        app = rest.pop(0)[4:]
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(rest):
+        token = rest[i]
+        if not _is_key(token):
+            raise ConfigError(
+                f"unexpected argument {token!r}: options are written '--key value' "
+                "(and the experiment file first, as app:<file.yml>)")
+        key = token[2:].replace("-", "_")
+        j = i + 1
+        while j < len(rest) and not _is_key(rest[j]):
+            j += 1
+        values = [parse_value(v) for v in rest[i + 1 : j]]
+        if not values:
+            if key.startswith("no") and key not in _FIELDS and key[2:] in _FIELDS:
+                overrides[key[2:]] = False
+            else:
+                overrides[key] = True
+        elif len(values) == 1 and key != "gpus":
+            overrides[key] = values[0]
+        else:
+            overrides[key] = values
+        i = j
+    return app, overrides
+
+
+def _closest(key: str) -> str:
+    match = difflib.get_close_matches(key, list(_FIELDS), n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _coerce(name: str, value: Any, origin: str) -> Any:
+    """Convert ``value`` to the type of field ``name`` or raise a one-line ConfigError."""
+    f = _FIELDS[name]
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    where = f"{name}={value!r} ({origin})"
+
+    def bad(expect: str) -> ConfigError:
+        return ConfigError(f"{where} is not {expect}: set {name} to {expect}")
+
+    if name == "rho":
+        if value == "gamma":
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1:
+            return float(value)
+        raise bad("a number in [0, 1] or 'gamma'")
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.lower()]
+        if value in (0, 1) and not isinstance(value, float):
+            return bool(value)
+        raise bad("True or False")
+    if isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad("an integer")
+    if isinstance(default, float):
+        if isinstance(value, str):
+            try:
+                value = float(value)  # YAML reads '5e-5' as a string
+            except ValueError:
+                raise bad("a number") from None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad("a number")
+    if isinstance(default, list):
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+            raise bad("a list of integers")
+        return list(items)
+    if value is None:
+        return default
+    if isinstance(value, (dict, list)):
+        raise bad("a string")
+    value = str(value)
+    if f.metadata.get("choices") and value not in f.metadata["choices"]:
+        allowed = ", ".join(repr(c) for c in f.metadata["choices"])
+        raise ConfigError(f"{where} is not one of {allowed}: set {name} to one of them")
+    return value
+
+
+def _validate(cfg: Config) -> None:
+    checks = [
+        (0 <= cfg.prune_rate < 1, "prune_rate", "a number in [0, 1)"),
+        (cfg.batch_size > 0, "batch_size", "a positive integer"),
+        (cfg.test_batch_size >= 0, "test_batch_size", "0 or a positive integer"),
+        (cfg.num_epochs > 0, "num_epochs", "a positive integer"),
+        (cfg.workers >= 0, "workers", "0 or more"),
+        (cfg.lr > 0, "lr", "a positive number"),
+        (cfg.image_size > 0, "image_size", "a positive integer"),
+        (cfg.output_size > 0, "output_size", "a positive integer"),
+        (all(k > 0 for k in cfg.topk) and cfg.topk, "topk", "a list of positive integers"),
+        (cfg.momentum >= 0, "momentum", "0 or more"),
+        (cfg.weight_decay >= 0, "weight_decay", "0 or more"),
+        (cfg.train_subset >= 0, "train_subset", "0 (all) or a positive integer"),
+    ]
+    for ok, name, expect in checks:
+        if not ok:
+            raise ConfigError(f"{name}={getattr(cfg, name)!r} is invalid: set {name} to {expect}")
+    if max(cfg.topk) > cfg.output_size:
+        raise ConfigError(
+            f"topk={cfg.topk} asks for more classes than output_size={cfg.output_size}: "
+            "lower topk")
+
+
+def _read_yaml(path: str) -> dict:
+    if not path:
+        raise ConfigError("no experiment file: start with app:<path/to/experiment.yml>")
+    if not os.path.exists(path):
+        raise ConfigError(f"experiment file {path} not found: check the path after app:")
+    if os.path.isdir(path):
+        raise ConfigError(f"experiment file {path} is a directory: name a .yml file in it")
+    try:
+        with open(path) as fh:
+            content = yaml.safe_load(fh)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"experiment file {path} is not valid YAML{where}: fix its syntax") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"experiment file {path} cannot be read ({e}): check it") from None
+    if content is None:
+        raise ConfigError(f"experiment file {path} is empty: give at least model: and data:")
+    if not isinstance(content, dict):
+        raise ConfigError(f"experiment file {path} is not a mapping of key: value: fix it")
+    return content
+
+
+def load_config(app_path: str, overrides: Optional[dict[str, Any]] = None) -> Config:
+    """Read the experiment file, apply the overrides, check every key and value."""
+    raw = _read_yaml(app_path)
+    values: dict[str, Any] = {}
+    for origin, items in ((f"in {app_path}", raw), ("on the command line", overrides or {})):
+        for key, value in items.items():
+            key = str(key).replace("-", "_")
+            if key not in _FIELDS:
+                raise ConfigError(f"unknown key '{key}' {origin}{_closest(key)}: "
+                                  f"remove it or use a known key (python main.py --help)")
+            values[key] = _coerce(key, value, origin)
+    for required in ("model", "data"):
+        if not values.get(required):
+            raise ConfigError(f"{app_path} has no '{required}:' entry: add "
+                              f"{required}: <module.path:ClassName>")
+    if not values.get("test_batch_size"):  # 0 or absent: evaluate at the training batch size
+        values["test_batch_size"] = values.get("batch_size", _FIELDS["batch_size"].default)
+    cfg = Config(**values)
+    _validate(cfg)
+    return cfg
+
+
+def run_title(app_path: str, overrides: Optional[dict[str, Any]] = None) -> str:
+    """``base=<yml name>_key=value_...`` as the original runner names a run."""
+    name = os.path.basename(app_path)
+    name = name[:-4] if name.endswith(".yml") else name
+    parts = [f"base={name}"]
+    for key, value in (overrides or {}).items():
+        key = key.replace("-", "_")
+        if key in _NOT_IN_TITLE:
+            continue
+        parts.append(f"{key}={str(value).replace(' ', '')}")
+    return "_".join(parts).replace("/", ".")
+
+
+def config_help() -> str:
+    """One line per key: name, default, help (for ``main.py --help``)."""
+    lines = []
+    for f in dataclasses.fields(Config):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        choices = f.metadata.get("choices")
+        extra = f" [{' | '.join(map(str, choices))}]" if choices else ""
+        lines.append(f"  --{f.name:<24} {f.metadata['help']}{extra} (default {default!r})")
+    return "\n".join(lines)

@@ -1,0 +1,294 @@
+"""Edge types: how a graph layer turns its dense edge weight into the weight the forward uses.
+
+A graph layer is a bias-free 1x1 convolution whose weight [n_out, n_in, 1, 1] holds one real
+number per edge (target node, source node). Each edge type decides which edges exist in the
+forward pass and which receive a gradient (SPEC section 4). Class names and the buffer name
+``mask`` are those of the original release, so its checkpoints load.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "num_pruned",
+    "topk_mask",
+    "ChooseTopEdges",
+    "Graph",
+    "Complete",
+    "DNW",
+    "DNWNoUpdate",
+    "RandomGraph",
+    "FineTune",
+    "TargetedDropout",
+    "RegularTargetedDropout",
+    "GRAPH_TYPES",
+    "make_graph",
+]
+
+
+def num_pruned(prune_rate: float, numel: int) -> int:
+    """Number of edges the top-k rule removes: ``int(p * n)`` in float64, truncated.
+
+    The original computes it this way, so 0.57 * 100 gives 56, not 57 (SPEC section 8).
+    """
+    return int(float(prune_rate) * numel)
+
+
+def topk_mask(scores: Tensor, num_keep: int) -> Tensor:
+    """Boolean mask of exactly ``num_keep`` entries with the largest ``scores``.
+
+    Selection (kthvalue, linear time) rather than a full sort. Ties at the cutoff are broken
+    the way the original's sort behaved on CPU: among equal scores the lower flat indices are
+    dropped first, so the higher ones are kept. Any tie rule is allowed by the SPEC; the count
+    is not negotiable.
+    """
+    flat = scores.detach().reshape(-1)
+    n = flat.numel()
+    if num_keep >= n:
+        return torch.ones_like(flat, dtype=torch.bool).view_as(scores)
+    if num_keep <= 0:
+        return torch.zeros_like(flat, dtype=torch.bool).view_as(scores)
+    num_drop = n - num_keep
+    threshold = torch.kthvalue(flat, num_drop).values  # the num_drop-th smallest
+    keep = flat > threshold
+    missing = num_keep - int(keep.sum())
+    if missing > 0:  # ties at the threshold: keep the highest-index tied entries
+        tied = torch.nonzero(flat == threshold).flatten()
+        keep[tied[-missing:]] = True
+    return keep.view_as(scores)
+
+
+class ChooseTopEdges(torch.autograd.Function):
+    """Forward: keep the given edges, zero the rest. Backward: identity (straight-through).
+
+    This is the DNW update rule (paper section 3): every edge, used or not, receives the
+    gradient of the loss w.r.t. the masked weight, so an unused edge can grow into the top k.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, keep: Tensor) -> Tensor:  # noqa: D102
+        return weight * keep.to(weight.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):  # noqa: D102
+        return grad_output, None
+
+
+class Graph(nn.Conv2d):
+    """Base graph layer: a bias-free 1x1 conv whose effective weight comes from ``get_weight``.
+
+    In eval mode under ``no_grad`` the effective weight cannot change between forwards unless
+    the weight does, so it is computed once and cached (keyed on the tensors' versions).
+    """
+
+    deterministic_in_eval = True
+
+    def __init__(self, prune_rate: float, dim_in: int, dim_out: int) -> None:
+        super().__init__(dim_in, dim_out, kernel_size=1, bias=False)
+        self.prune_rate = prune_rate
+        self._cache: Optional[tuple] = None
+
+    @property
+    def num_kept(self) -> int:
+        """Edges the top-k budget keeps: ``n - int(p * n)``."""
+        return self.weight.numel() - num_pruned(self.prune_rate, self.weight.numel())
+
+    def compute_weight(self) -> Tensor:
+        """The effective weight [n_out, n_in, 1, 1]; subclasses override."""
+        return self.weight
+
+    def _cache_key(self) -> tuple:
+        mask = self._buffers.get("mask")
+        return (
+            self.weight.data_ptr(),
+            self.weight._version,
+            None if mask is None else (mask.data_ptr(), mask._version),
+        )
+
+    def get_weight(self) -> Tensor:
+        """Effective weight; cached between eval forwards (recomputed after any change)."""
+        if self.training or torch.is_grad_enabled() or not self.deterministic_in_eval:
+            self._cache = None
+            return self.compute_weight()
+        key = self._cache_key()
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self.compute_weight().detach())
+        return self._cache[1]
+
+    def train(self, mode: bool = True) -> "Graph":
+        self._cache = None
+        return super().train(mode)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.get_weight())
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, prune_rate={self.prune_rate}"
+
+
+class Complete(Graph):
+    """Every edge, plain weights (prune rate ignored)."""
+
+
+class DNW(Graph):
+    """Top-k edges by |w| in the forward, straight-through gradient to all edges."""
+
+    def compute_weight(self) -> Tensor:
+        keep = topk_mask(self.weight.abs(), self.num_kept)
+        return ChooseTopEdges.apply(self.weight, keep)
+
+
+class DNWNoUpdate(Graph):
+    """Top-k in the forward, gradient only to the kept edges (ablation: no update rule).
+
+    The original registers an all-ones ``mask`` buffer and multiplies by it; it is kept for
+    checkpoint compatibility and still applied.
+    """
+
+    def __init__(self, prune_rate: float, dim_in: int, dim_out: int) -> None:
+        super().__init__(prune_rate, dim_in, dim_out)
+        self.register_buffer("mask", torch.ones(dim_out, dim_in, 1, 1))
+
+    def compute_weight(self) -> Tensor:
+        w = self.weight * self.mask
+        keep = topk_mask(w.abs(), self.num_kept)
+        return w * keep.to(w.dtype)  # plain product: no gradient reaches pruned edges
+
+
+class RandomGraph(Graph):
+    """A fixed random wiring: a 0/1 ``mask`` buffer drawn once at construction.
+
+    Uniform scores are drawn for every edge; edges not in ``allowed`` (the DAG constraint of
+    the static setting) get score 0; the ``n - int(p * n)`` largest scores are kept. A mask
+    loaded from a checkpoint is used as stored.
+    """
+
+    def __init__(
+        self, prune_rate: float, dim_in: int, dim_out: int, allowed: Optional[Tensor] = None
+    ) -> None:
+        super().__init__(prune_rate, dim_in, dim_out)
+        scores = torch.rand(dim_out, dim_in, 1, 1)
+        if allowed is not None:
+            scores = scores * allowed.reshape(dim_out, dim_in, 1, 1).to(scores.dtype)
+        mask = topk_mask(scores, self.num_kept) & (scores > 0)
+        self.register_buffer("mask", mask.to(torch.float32))
+
+    def compute_weight(self) -> Tensor:
+        return self.mask * self.weight
+
+
+class FineTune(Graph):
+    """A wiring frozen from the weights: the top-k of |w| the first time the graph is used.
+
+    With ``use_graph`` the weights of a trained run are loaded first, so the mask is that run's
+    wiring. The ``mask`` buffer is None until then (as in the original); a checkpoint that
+    holds a mask restores it.
+    """
+
+    def __init__(self, prune_rate: float, dim_in: int, dim_out: int) -> None:
+        super().__init__(prune_rate, dim_in, dim_out)
+        self.register_buffer("mask", None)
+
+    def init_mask(self) -> None:
+        """Freeze the wiring from the current weights (no-op if already frozen)."""
+        if self.mask is None:
+            keep = topk_mask(self.weight.detach().abs(), self.num_kept)
+            self.mask = (keep & (self.weight.detach() != 0)).to(self.weight.dtype)
+
+    def compute_weight(self) -> Tensor:
+        self.init_mask()
+        return self.mask * self.weight
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "mask"
+        if self.mask is None and key in state_dict:
+            self.mask = torch.empty_like(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class _TargetedDropoutBase(Graph):
+    """Targeted dropout (Gomez et al. 2019): low-|w| candidates are dropped with prob ``rho``
+    in training and always at evaluation. The original multiplied the mask with |w| and so
+    trained on absolute values; we keep the sign unless ``abs_weights`` asks for the original.
+    """
+
+    deterministic_in_eval = True
+
+    def __init__(
+        self, prune_rate: float, dim_in: int, dim_out: int, rho: float = 0.5,
+        abs_weights: bool = False,
+    ) -> None:
+        super().__init__(prune_rate, dim_in, dim_out)
+        self.rho = rho
+        self.abs_weights = abs_weights
+
+    def candidates(self) -> Tensor:  # bool, same shape as weight
+        raise NotImplementedError
+
+    def compute_weight(self) -> Tensor:
+        drop = self.candidates()
+        if self.training:
+            drop = drop & (torch.rand(drop.shape, device=drop.device) < self.rho)
+        w = self.weight.abs() if self.abs_weights else self.weight
+        return w * (~drop).to(w.dtype)
+
+
+class TargetedDropout(_TargetedDropoutBase):
+    """Candidates: the ``int(p * n)`` smallest |w| over the whole tensor."""
+
+    def candidates(self) -> Tensor:
+        return ~topk_mask(self.weight.abs(), self.num_kept)
+
+
+class RegularTargetedDropout(_TargetedDropoutBase):
+    """Candidates: the ``int(n_in * p)`` smallest |w| of every output row."""
+
+    def candidates(self) -> Tensor:
+        w = self.weight.detach().abs().reshape(self.weight.shape[0], -1)  # [n_out, n_in]
+        k = int(w.shape[1] * self.prune_rate)
+        drop = torch.zeros_like(w, dtype=torch.bool)
+        if k > 0:
+            idx = torch.topk(w, k, dim=1, largest=False).indices
+            drop.scatter_(1, idx, True)
+        return drop.view_as(self.weight)
+
+
+GRAPH_TYPES: dict[str, Callable[..., Graph]] = {
+    "complete": Complete,
+    "dnw": DNW,
+    "dnw_no_update": DNWNoUpdate,
+    "random": RandomGraph,
+    "fine_tune": FineTune,
+    "td": TargetedDropout,
+    "reg_td": RegularTargetedDropout,
+}
+
+
+def make_graph(
+    graph: str,
+    prune_rate: float,
+    dim_in: int,
+    dim_out: int,
+    *,
+    allowed: Optional[Tensor] = None,
+    rho: float = 0.5,
+    td_abs: bool = False,
+) -> Graph:
+    """Build the graph layer of type ``graph`` for a [dim_out, dim_in] edge weight.
+
+    ``allowed`` ([dim_out, dim_in] bool) is the DAG constraint, used by ``random`` to draw only
+    edges that the forward can use.
+    """
+    if graph not in GRAPH_TYPES:
+        raise ValueError(f"unknown graph type {graph!r}; known: {sorted(GRAPH_TYPES)}")
+    if graph == "random":
+        return RandomGraph(prune_rate, dim_in, dim_out, allowed=allowed)
+    if graph in ("td", "reg_td"):
+        return GRAPH_TYPES[graph](prune_rate, dim_in, dim_out, rho=rho, abs_weights=td_abs)
+    return GRAPH_TYPES[graph](prune_rate, dim_in, dim_out)

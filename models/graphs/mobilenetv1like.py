@@ -1,0 +1,269 @@
+"""MobileNetV1-like network whose pointwise convolutions are learned graphs (SPEC section 5).
+
+Each of the five Blocks is one static DAG of channels: ``inp`` input nodes, ``blocks - 1``
+layers of ``oup`` intermediate nodes and ``oup`` output nodes. A single edge weight
+[oup * blocks, inp + oup * (blocks - 1), 1, 1] holds every edge from a non-output node (column)
+to a non-input node (row); the forward only reads edges that go to a LATER layer (reference
+README 4.3). Each Block gets the edge budget of a MobileNetV1 of width ``1 - prune_rate``.
+
+Module and parameter names (``conv1``, ``layers.N.downsample.0``, ``layers.N.conv``,
+``layers.N.norm.K``, ``layers.N.graph``, ``linear``, ``bn``) and their registration order are
+those of the original release, so its checkpoints load and ``seed`` draws the same initial
+weights (construction order is the original's).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from models.graphs.edges import Graph, make_graph
+
+__all__ = [
+    "BLOCK_CFG",
+    "block_prune_rate",
+    "block_allowed",
+    "Block",
+    "GraphLinear",
+    "MobileNetV1Like",
+]
+
+# (inp, oup, stride, blocks) per Block, as in the original (SPEC section 5).
+BLOCK_CFG: tuple[tuple[int, int, int, int], ...] = (
+    (32, 64, 1, 1),
+    (64, 128, 2, 2),
+    (128, 256, 2, 2),
+    (256, 512, 2, 6),
+    (512, 1024, 2, 2),
+)
+
+Rho = Union[float, str]
+
+
+def block_prune_rate(prune_rate: float, inp: int, oup: int, blocks: int) -> float:
+    """The Block's own prune rate: 1 - (edges of MobileNetV1 x (1 - p)) / (size of W).
+
+    Evaluated in float64 exactly as the original (reference README 4.3): each term is
+    ``a * b * (1 - p) * (1 - p)`` left to right and the numerator is accumulated term by term,
+    so the result equals the original's bit for bit (it decides ``int(rate * n)``).
+    """
+    p = float(prune_rate)
+    num_edges = inp * oup * (1 - p) * (1 - p)
+    for _ in range(blocks - 1):
+        num_edges += oup * oup * (1 - p) * (1 - p)
+    graph_size = (inp + oup * (blocks - 1)) * oup * blocks
+    return 1 - (num_edges / float(graph_size))
+
+
+def block_allowed(inp: int, oup: int, blocks: int) -> Tensor:
+    """DAG constraint of a Block as a bool [oup * blocks, inp + oup * (blocks - 1)].
+
+    Input columns feed every target row; the columns of intermediate layer g feed only the
+    rows of layers g + 1, g + 2, ... (rows are grouped by ``oup``). SPEC section 4.
+    """
+    row_layer = torch.arange(oup * blocks) // oup  # [n_out]: target layer 0..blocks-1
+    col = torch.arange(inp + oup * (blocks - 1))
+    col_layer = torch.where(col < inp, torch.full_like(col, -1), (col - inp) // oup)  # [n_in]
+    return row_layer[:, None] > col_layer[None, :]
+
+
+def _rho_for(rho: Rho, prune_rate: float) -> float:
+    # The original accepts rho: gamma, meaning "the graph's own prune rate".
+    return prune_rate if rho == "gamma" else float(rho)
+
+
+class Block(nn.Module):
+    """One static graph replacing a run of depthwise-separable layers (reference README 4.3)."""
+
+    def __init__(
+        self,
+        *,
+        inp: int,
+        oup: int,
+        stride: int,
+        blocks: int,
+        net_prune_rate: float,
+        graph: str,
+        rho: Rho = 0.5,
+        td_abs: bool = False,
+    ) -> None:
+        """``net_prune_rate`` is the network's prune rate p; ``self.prune_rate`` the Block's."""
+        super().__init__()
+        self.inp = inp
+        self.oup = oup
+        self.stride = stride
+        self.blocks = blocks
+        self.num_sources = inp + oup * (blocks - 1)  # columns of W: every non-output node
+        self.num_targets = oup * blocks  # rows of W: every non-input node
+
+        self.downsample = nn.Sequential(
+            nn.Conv2d(inp, inp, kernel_size=3, stride=stride, padding=1, groups=inp, bias=False)
+        )
+        if blocks > 1:  # one 3x3 depthwise filter per intermediate node
+            dim = oup * (blocks - 1)
+            self.conv = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim, bias=False)
+        self.norm = nn.ModuleList(
+            [nn.BatchNorm2d(inp)] + [nn.BatchNorm2d(oup) for _ in range(blocks - 1)]
+        )
+        self.prune_rate = block_prune_rate(net_prune_rate, inp, oup, blocks)
+        self.graph = make_graph(
+            graph,
+            self.prune_rate,
+            self.num_sources,
+            self.num_targets,
+            allowed=block_allowed(inp, oup, blocks),
+            rho=_rho_for(rho, self.prune_rate),
+            td_abs=td_abs,
+        )
+
+    def get_weight(self) -> Tensor:
+        """Effective edge weight [num_targets, num_sources, 1, 1]."""
+        return self.graph.get_weight()
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.get_weight()  # once per forward, then sliced
+        inp, oup = self.inp, self.oup
+        x = F.relu(self.norm[0](x), inplace=True)
+        x = self.downsample(x)
+        # state: the accumulated input of every not-yet-processed target node
+        x = F.conv2d(x, w[:, :inp])  # [B, oup * blocks, H, W]
+        for i in range(self.blocks - 1):
+            active = F.relu(self.norm[i + 1](x[:, :oup]), inplace=True)
+            active = F.conv2d(
+                active, self.conv.weight[i * oup : (i + 1) * oup], padding=1, groups=oup
+            )
+            cols = slice(inp + i * oup, inp + (i + 1) * oup)
+            # layer i feeds only later layers: the rows after its own (reference README 4.3)
+            x = x[:, oup:] + F.conv2d(active, w[(i + 1) * oup :, cols])
+        return x  # [B, oup, H, W]: the output nodes
+
+    def extra_repr(self) -> str:
+        return (
+            f"inp={self.inp}, oup={self.oup}, stride={self.stride}, blocks={self.blocks}, "
+            f"prune_rate={self.prune_rate!r}"
+        )
+
+
+class GraphLinear(nn.Module):
+    """The classifier of ``small: True``: a graph layer (no bias) used as a linear layer."""
+
+    def __init__(
+        self,
+        *,
+        in_features: int,
+        out_features: int,
+        prune_rate: float,
+        graph: str,
+        rho: Rho = 0.5,
+        td_abs: bool = False,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        # No DAG here: a random classifier draws from every edge, as the original does.
+        self.graph = make_graph(
+            graph,
+            prune_rate,
+            in_features,
+            out_features,
+            rho=_rho_for(rho, prune_rate),
+            td_abs=td_abs,
+        )
+
+    def get_weight(self) -> Tensor:
+        """Effective weight [out_features, in_features, 1, 1]."""
+        return self.graph.get_weight()
+
+    def forward(self, x: Tensor) -> Tensor:  # [B, in] -> [B, out]
+        return F.conv2d(x[:, :, None, None], self.get_weight()).flatten(1)
+
+
+class MobileNetV1Like(nn.Module):
+    """conv1 -> five graph Blocks -> BatchNorm, ReLU, global pool -> classifier."""
+
+    feature_dim = 1024
+
+    def __init__(
+        self,
+        *,
+        prune_rate: float,
+        graph: str,
+        image_size: int = 32,
+        output_size: int = 10,
+        in_channels: int = 3,
+        small: bool = False,
+        rho: Rho = 0.5,
+        td_abs: bool = False,
+    ) -> None:
+        super().__init__()
+        if not 0 <= prune_rate < 1:
+            raise ValueError(f"prune_rate must be in [0, 1), got {prune_rate}")
+        self.image_size = image_size
+        self.output_size = output_size
+        self.small = small
+        # CIFAR-sized inputs keep full resolution in the stem (SPEC section 5).
+        stem_stride = 1 if image_size <= 64 else 2
+        self.conv1 = nn.Conv2d(
+            in_channels, 32, kernel_size=3, stride=stem_stride, padding=1, bias=False
+        )
+        self.layers = nn.Sequential(
+            *[
+                Block(
+                    inp=inp,
+                    oup=oup,
+                    stride=stride,
+                    blocks=blocks,
+                    net_prune_rate=prune_rate,
+                    graph=graph,
+                    rho=rho,
+                    td_abs=td_abs,
+                )
+                for inp, oup, stride, blocks in BLOCK_CFG
+            ]
+        )
+        if small:  # the classifier is itself pruned at the network's prune rate
+            self.linear: nn.Module = GraphLinear(
+                in_features=self.feature_dim,
+                out_features=output_size,
+                prune_rate=prune_rate,
+                graph=graph,
+                rho=rho,
+                td_abs=td_abs,
+            )
+        else:
+            self.linear = nn.Linear(self.feature_dim, output_size)
+        self.bn = nn.BatchNorm2d(self.feature_dim)
+
+    @classmethod
+    def from_config(cls, cfg) -> "MobileNetV1Like":
+        """Build from the experiment config (the only place its keys are read)."""
+        return cls(
+            prune_rate=cfg.prune_rate,
+            graph=cfg.graph,
+            image_size=cfg.image_size,
+            output_size=cfg.output_size,
+            in_channels=cfg.in_channels,
+            small=cfg.small,
+            rho=cfg.rho,
+            td_abs=cfg.td_abs,
+        )
+
+    def graphs(self) -> Iterator[tuple[str, Graph]]:
+        """Every graph layer with its module name (``layers.N.graph``, ``linear.graph``)."""
+        for name, module in self.named_modules():
+            if isinstance(module, Graph):
+                yield name, module
+
+    def get_weight(self) -> list[Tensor]:
+        """Effective weight of every graph layer, in ``graphs()`` order."""
+        return [g.get_weight() for _, g in self.graphs()]
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.layers(self.conv1(x))
+        out = F.relu(self.bn(out), inplace=True)
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)  # [B, 1024]
+        return self.linear(out)
