@@ -15,9 +15,12 @@ __all__ = ["ProgressHook", "ConsoleHook", "TensorBoardHook", "adjacency_images",
 
 
 def setup_logging(verbose: bool = False) -> None:
-    """Library modules log through logging; main.py shows INFO lines plainly on stderr."""
+    """Library modules log through logging; main.py shows INFO lines plainly on stdout.
+
+    stdout, not stderr: stderr carries only problems (a UserError is its single line there).
+    """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
-                        stream=sys.stderr)
+                        stream=sys.stdout)
 
 
 class ProgressHook:

@@ -1,0 +1,100 @@
+"""The original command-line grammar and the typed, validated Config."""
+
+import glob
+
+import pytest
+
+from genutil.config import Config, load_config, parse_argv, parse_value, run_title
+from genutil.errors import ConfigError
+
+APP = "apps/small_scale/static_dnw.yml"
+
+
+def test_values_parse_as_int_then_float_then_string():
+    assert parse_value("3") == 3 and isinstance(parse_value("3"), int)
+    assert parse_value("0.5") == 0.5
+    assert parse_value("1e-4") == 1e-4
+    assert parse_value("dnw") == "dnw"
+    assert parse_value("-2") == -2
+
+
+def test_grammar_lists_flags_noflags_gpus_data_dir():
+    app, o = parse_argv([f"app:{APP}", "--gpus", "0", "1", "--data-dir", "/d", "--lr", "0.5",
+                         "--evaluate", "--nonestorov", "--topk", "1", "3", "--batch_size", "64",
+                         "--multistep_lr_milestones", "5"])
+    assert app == APP
+    assert o == {"gpus": [0, 1], "data_dir": "/d", "lr": 0.5, "evaluate": True,
+                 "nestorov": False, "topk": [1, 3], "batch_size": 64,
+                 "multistep_lr_milestones": 5}
+    cfg = load_config(app, o)
+    assert cfg.gpus == [0, 1] and cfg.data_dir == "/d" and cfg.lr == 0.5
+    assert cfg.evaluate is True and cfg.nestorov is False and cfg.topk == [1, 3]
+    assert cfg.multistep_lr_milestones == [5]  # a single value becomes a one-item list
+
+
+def test_single_gpu_is_a_list():
+    _, o = parse_argv([f"app:{APP}", "--gpus", "0"])
+    assert o["gpus"] == [0]
+
+
+def test_yaml_values_and_overrides():
+    cfg = load_config(APP)
+    assert (cfg.batch_size, cfg.lr, cfg.prune_rate, cfg.dim, cfg.graph) == (512, 0.1, 0.95, 800,
+                                                                            "dnw")
+    assert cfg.multistep_lr_milestones == [80, 120] and cfg.seed == 1996
+    cfg2 = load_config(APP, {"prune_rate": 0.5, "graph": "random"})
+    assert cfg2.prune_rate == 0.5 and cfg2.graph == "random" and cfg.prune_rate == 0.95
+    with pytest.raises(Exception):
+        cfg2.lr = 1.0  # frozen
+
+
+def test_run_title_is_the_originals():
+    t = run_title(APP, {"gpus": [0], "data_dir": "/d", "lr": 0.5, "topk": [1, 5],
+                        "save_dir": "x"})
+    assert t == "base=static_dnw_lr=0.5_topk=[1,5]"
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob("apps/**/*.yml", recursive=True)))
+def test_every_experiment_file_loads(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config) and cfg.model and cfg.data
+
+
+@pytest.mark.parametrize("overrides, words", [
+    ({"lrr": 0.1}, ["unknown key 'lrr'", "did you mean 'lr'"]),
+    ({"prune_rate": 1.0}, ["prune_rate", "[0, 1)"]),
+    ({"prune_rate": -0.1}, ["prune_rate"]),
+    ({"batch_size": "big"}, ["batch_size", "integer"]),
+    ({"batch_size": 0}, ["batch_size", "positive"]),
+    ({"num_epochs": 0}, ["num_epochs"]),
+    ({"graph": "dense"}, ["graph", "'dnw'"]),
+    ({"nestorov": "maybe"}, ["nestorov", "True or False"]),
+    ({"topk": [1, 50]}, ["topk"]),
+])
+def test_bad_values_name_the_problem(overrides, words):
+    with pytest.raises(ConfigError) as e:
+        load_config(APP, overrides)
+    msg = str(e.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "nope.yml"))
+    with pytest.raises(ConfigError, match="directory"):
+        load_config(str(tmp_path))
+    empty = tmp_path / "empty.yml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="empty"):
+        load_config(str(empty))
+    broken = tmp_path / "broken.yml"
+    broken.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(str(broken))
+    unknown = tmp_path / "unknown.yml"
+    unknown.write_text("model: models.graphs.neuralgraph:StaticNeuralGraph\ndata: data.digits:Digits\n"
+                       "prune_rat: 0.5\n")
+    with pytest.raises(ConfigError, match="did you mean 'prune_rate'"):
+        load_config(str(unknown))
