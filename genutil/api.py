@@ -15,7 +15,7 @@ from genutil.config import Config, load_config
 from genutil.errors import ConfigError
 from genutil.registry import resolve
 
-__all__ = ["build_model", "model_from_config", "load_checkpoint"]
+__all__ = ["build_model", "model_from_config", "load_checkpoint", "profile"]
 
 
 def model_from_config(cfg: Config) -> nn.Module:
@@ -39,3 +39,15 @@ def load_checkpoint(model: nn.Module, path: str) -> dict:
     target = getattr(model, "module", model)
     load_model_state(target, model_state(ckpt), source=f"checkpoint {path}")
     return {k: v for k, v in ckpt.items() if k != "model"}
+
+
+def profile(model: nn.Module, input_size: int | None = None) -> tuple[float, float]:
+    """(params, MACs) of a MobileNetV1-like model as the authors count them (SPEC section 7).
+
+    ``input_size=None`` is the original's ImageNet assumption (what the paper's table uses);
+    see genutil.profiling.profile for the per-block details.
+    """
+    from genutil.profiling import profile as _profile  # noqa: PLC0415
+
+    result = _profile(model, input_size=input_size)
+    return result.params, result.macs

@@ -77,7 +77,7 @@ class MobileNetV1CIFAR(nn.Module):
         self.linear = nn.Linear(planes, output_size)
 
     @classmethod
-    def from_config(cls, cfg) -> "MobileNetV1CIFAR":
+    def from_config(cls, cfg) -> MobileNetV1CIFAR:
         """Build from the experiment config (the only place its keys are read)."""
         return cls(
             width_mult=cfg.width_mult, output_size=cfg.output_size, in_channels=cfg.in_channels

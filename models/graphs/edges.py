@@ -153,6 +153,9 @@ class DNWNoUpdate(Graph):
 
     def __init__(self, prune_rate: float, dim_in: int, dim_out: int) -> None:
         super().__init__(prune_rate, dim_in, dim_out)
+        # The original draws random numbers here and then overwrites them with ones; draw them
+        # too, so that with the same seed every later layer starts from the original's weights.
+        torch.rand(dim_out, dim_in, 1, 1)
         self.register_buffer("mask", torch.ones(dim_out, dim_in, 1, 1))
 
     def compute_weight(self) -> Tensor:

@@ -14,7 +14,8 @@ weights (construction order is the original's).
 
 from __future__ import annotations
 
-from typing import Iterator, Union
+from collections.abc import Iterator
+from typing import Union
 
 import torch
 import torch.nn as nn
@@ -25,11 +26,11 @@ from models.graphs.edges import Graph, make_graph
 
 __all__ = [
     "BLOCK_CFG",
-    "block_prune_rate",
-    "block_allowed",
     "Block",
     "GraphLinear",
     "MobileNetV1Like",
+    "block_allowed",
+    "block_prune_rate",
 ]
 
 # (inp, oup, stride, blocks) per Block, as in the original (SPEC section 5).
@@ -239,7 +240,7 @@ class MobileNetV1Like(nn.Module):
         self.bn = nn.BatchNorm2d(self.feature_dim)
 
     @classmethod
-    def from_config(cls, cfg) -> "MobileNetV1Like":
+    def from_config(cls, cfg) -> MobileNetV1Like:
         """Build from the experiment config (the only place its keys are read)."""
         return cls(
             prune_rate=cfg.prune_rate,
