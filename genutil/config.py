@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
@@ -100,6 +101,7 @@ class Config:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_MAX_TITLE = 160
 _BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False}
 # Keys that select where/how a run executes, not what it is: not part of its title.
 _NOT_IN_TITLE = ("gpus", "data_dir", "save_dir", "log_dir", "resume", "progress")
@@ -288,7 +290,11 @@ def run_title(app_path: str, overrides: Optional[dict[str, Any]] = None) -> str:
         if key in _NOT_IN_TITLE:
             continue
         parts.append(f"{key}={str(value).replace(' ', '')}")
-    return "_".join(parts).replace("/", ".")
+    title = "_".join(parts).replace("/", ".")
+    if len(title) > _MAX_TITLE:  # a folder name must stay under the file system's 255 bytes
+        digest = hashlib.sha1(title.encode()).hexdigest()[:10]
+        title = f"{title[: _MAX_TITLE - 11]}-{digest}"
+    return title
 
 
 def config_help() -> str:

@@ -98,3 +98,11 @@ def test_bad_files(tmp_path):
                        "prune_rat: 0.5\n")
     with pytest.raises(ConfigError, match="did you mean 'prune_rate'"):
         load_config(str(unknown))
+
+
+def test_long_titles_are_shortened_deterministically():
+    long_path = "/very/long/" + "x" * 300 + "/epoch_0.pt"
+    t = run_title(APP, {"use_graph": long_path})
+    assert len(t) <= 160 and t.startswith("base=static_dnw_use_graph=")
+    assert t == run_title(APP, {"use_graph": long_path})
+    assert t != run_title(APP, {"use_graph": long_path + "x"})
