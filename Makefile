@@ -21,13 +21,37 @@ quickstart: $(VENV)/.installed
 	$(PY) main.py app:apps/quickstart/static_dnw.yml
 
 # Every test: the main environment, then the DGL environment's backend tests.
-test: test-main
+test: test-main test-dgl
 
 test-main: $(VENV)/.installed
 	$(PY) -m pytest -q tests
+
+# The DGL environment (graph_backend: dgl / --use_dgl): DGL 2.1.0 runs only with torch <= 2.2.1,
+# so it has its own virtualenv, .venv-dgl, from requirements-dgl.txt.
+$(DGL_VENV)/.installed: requirements-dgl.txt
+	test -x $(DGL_PY) || $(PYTHON) -m venv $(DGL_VENV)
+	$(DGL_PY) -m pip install -q --upgrade pip
+	$(DGL_PY) -m pip install -q -r requirements-dgl.txt
+	touch $@
+
+dgl-env: $(DGL_VENV)/.installed
+
+# The DGL backend's tests and the fast_eval tests (dense/sparse/dgl) on torch 2.2.
+test-dgl: $(DGL_VENV)/.installed
+	DGLBACKEND=pytorch $(DGL_PY) -m pytest -q tests/dgl tests/models/test_fast_eval.py
 
 check-reference: $(VENV)/.installed
 	$(PY) ../shared/tools/check_reference.py
 
 lint: $(VENV)/.installed
 	$(PY) -m pip install -q ruff && $(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+# Issue 8's CPU protocol on real Fashion-MNIST (bench/reproduce.py): static rows 5 epochs,
+# discrete-time rows 3, seeds 0 and 1, a 20,000-image training subset. Writes
+# fig/results_fashion_mnist.{md,png} and wiring figures; a rerun skips finished runs.
+# The full protocol on a GPU: $(PY) bench/reproduce.py --protocol gpu
+reproduce-cpu: $(VENV)/.installed
+	@test -d /usr/share/datasets/fashion-mnist || test -d datasets/fashion-mnist || { \
+	  echo "Fashion-MNIST not found: run 'sudo apt-get install -y dataset-fashion-mnist'" \
+	  "(or put the four *-ubyte.gz files in datasets/fashion-mnist)"; exit 2; }
+	$(PY) bench/reproduce.py --protocol cpu
