@@ -1,11 +1,15 @@
 """The one entry point: python main.py app:<experiment.yml> [--key value ...].
 
 Thin on purpose: argv -> Config -> genutil.run.run(cfg). A UserError (bad config, data or
-checkpoint) becomes one line on stderr and exit code 2; bugs keep their traceback.
+checkpoint) becomes one line on stderr and exit code 2; bugs keep their traceback. SIGINT or
+SIGTERM during training: the run saves its position, prints how to resume, and exits 0.
+Under torchrun only rank 0 prints (other ranks print only errors, marked with their rank).
 """
 
 from __future__ import annotations
 
+import os
+import shlex
 import sys
 
 from genutil.config import config_help, load_config, parse_argv, run_title
@@ -17,9 +21,40 @@ USAGE = """usage: python main.py app:<experiment.yml> [--key value ...]
   --key v1 v2    a list;  --flag sets True;  --noflag sets False
   --gpus 0 1     GPUs to use (DataParallel); the CPU when there is no GPU
   --data-dir D   root folder of the datasets
+  --resume auto  continue this run from its last.pt (exactly where it stopped)
+
+several processes (DistributedDataParallel; batch_size stays the global batch):
+  torchrun --nproc_per_node N main.py app:<experiment.yml> [--key value ...]
 
 keys:
 """
+
+
+def _rank() -> int:
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command line that continues the run of ``argv``: the same, with ``--resume auto``."""
+    kept, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--resume":  # drop it and its value(s): the grammar's keys start with --
+            i += 1
+            while i < len(argv) and not (argv[i].startswith("--") and len(argv[i]) > 2):
+                i += 1
+            continue
+        kept.append(argv[i])
+        i += 1
+    args = shlex.join([sys.argv[0] or "main.py", *kept, "--resume", "auto"])
+    if "LOCAL_WORLD_SIZE" in os.environ and "WORLD_SIZE" in os.environ:
+        local, world = os.environ["LOCAL_WORLD_SIZE"], os.environ["WORLD_SIZE"]
+        launcher = (f"torchrun --nproc_per_node {local}" if local == world
+                    else "torchrun <the same torchrun options>")
+        return f"{launcher} {args}"
+    return f"{shlex.quote(sys.executable)} {args}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,16 +63,23 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE + config_help())
         return 0
+    rank = _rank()
     try:
         app, overrides = parse_argv(argv)
         cfg = load_config(app or "", overrides)
+        import logging  # noqa: PLC0415
+
         from genutil.log import setup_logging  # noqa: PLC0415
         from genutil.run import run  # noqa: PLC0415  (heavy imports after the config is valid)
 
         setup_logging()
-        run(cfg, run_title(app, overrides))
+        if rank:
+            logging.getLogger().setLevel(logging.WARNING)
+        run(cfg, run_title(app, overrides), print if rank == 0 else (lambda _: None),
+            resume_command(argv))
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        prefix = f"[rank {rank}] " if rank else ""
+        print(f"{prefix}error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

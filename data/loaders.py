@@ -40,12 +40,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     """A well-mixed 63-bit seed for ``loader.generator`` in ``epoch`` (differs from seed + epoch,
-    so worker seeds never coincide with the shuffle permutation's seed)."""
-    state = np.random.SeedSequence([seed & 0xFFFFFFFF, epoch & 0xFFFFFFFF]).generate_state(
-        1, np.uint64
-    )
+    so worker seeds never coincide with the shuffle permutation's seed). Under DDP each rank
+    ``> 0`` folds its rank in, so the processes draw different augmentations."""
+    entropy = [seed & 0xFFFFFFFF, epoch & 0xFFFFFFFF] + ([rank] if rank else [])
+    state = np.random.SeedSequence(entropy).generate_state(1, np.uint64)
     return int(state[0]) & 0x7FFF_FFFF_FFFF_FFFF
 
 
@@ -103,9 +103,10 @@ class ShardSampler(Sampler[int]):
 class SeededLoader(DataLoader):
     """A DataLoader that remembers the seed its epochs derive from (see :func:`set_epoch`)."""
 
-    def __init__(self, dataset: Dataset, *, seed: int, **kwargs) -> None:
+    def __init__(self, dataset: Dataset, *, seed: int, rank: int = 0, **kwargs) -> None:
         super().__init__(dataset, **kwargs)
         self.seed = seed
+        self.rank = rank
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -114,7 +115,7 @@ class SeededLoader(DataLoader):
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
         if self.generator is not None:
-            self.generator.manual_seed(epoch_seed(self.seed, epoch))
+            self.generator.manual_seed(epoch_seed(self.seed, epoch, self.rank))
         self.epoch = epoch
 
 
@@ -154,9 +155,11 @@ def build_loader(
         sampler = EpochShuffleSampler(num_samples, seed)
     else:
         sampler = None  # DataLoader's SequentialSampler
+    rank = dist.get_rank() if distributed and dist.is_initialized() else 0
     loader = SeededLoader(
         dataset,
         seed=seed,
+        rank=rank,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,

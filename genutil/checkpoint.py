@@ -2,8 +2,12 @@
 
 Layout (the original's keys, so its files and ours load both ways): ``model`` (state dict with
 every key prefixed ``module.``, as nn.DataParallel saves it), ``optimizer``, ``last_epoch``,
-``best_val``, ``iter``, ``meters``. We add ``config``, ``title``, ``rng``, ``step`` and
-``format_version``, and never require them.
+``best_val``, ``iter``, ``meters``. We add, and never require: ``config``, ``title``,
+``format_version``; for exact resume ``step`` (global optimizer steps), ``epoch`` (the next epoch)
+and ``batch`` (its batches already trained: non-zero after a mid-epoch stop) with
+``partial_meters`` (their metric sums), ``rng`` (python, numpy, torch, CUDA generator states of
+rank 0) and ``rng_ranks`` (those of every process), and ``data_order`` (seed, epoch, batch,
+steps per epoch, world size: an epoch's order is a function of seed and epoch, see data.loaders).
 
 Loading never executes code from the pickle: ``torch.load(weights_only=True)`` always. The
 original pickles objects of its own meter classes (``train.ScalarMeter``); they are mapped to
@@ -12,11 +16,13 @@ inert stand-ins. Any other global is refused by name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import random
-import tempfile
-import zipfile
+import re
+import uuid
+import warnings
 from typing import Any, Optional
 
 import numpy as np
@@ -28,6 +34,7 @@ from genutil.errors import CheckpointError
 __all__ = [
     "FORMAT_VERSION",
     "save_checkpoint",
+    "remove_stale_temps",
     "read_checkpoint",
     "model_state",
     "load_model_state",
@@ -77,14 +84,22 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
-def save_checkpoint(path: str, payload: dict) -> None:
-    """Write ``payload`` to ``path`` atomically: temp file in the same folder, fsync, replace.
+def _temp_path(path: str) -> str:
+    # Hidden, unique, never ending in ".pt": a kill mid-write leaves a name no loader picks up.
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f".tmp_{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
 
-    A kill at any instant leaves either the previous file or the new one, never a torn file.
+
+def save_checkpoint(path: str, payload: dict) -> None:
+    """Write ``payload`` to ``path`` atomically: temp file in the same folder, flush, fsync,
+    ``os.replace``, fsync the folder. The old file is never deleted first, so a kill at any
+    instant leaves either the previous file or the new one, never a torn file.
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(path) + ".", dir=folder)
+    tmp = _temp_path(path)
+    # 0o666 less the umask, as a plain open() would give (mkstemp would make it 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(payload, fh)
@@ -93,9 +108,34 @@ def save_checkpoint(path: str, payload: dict) -> None:
         os.replace(tmp, path)
         _fsync_dir(folder)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temps(folder: str) -> list[str]:
+    """Delete temp files that a killed save left in ``folder``; return their names."""
+    if not os.path.isdir(folder):
+        return []
+    stale = [f for f in os.listdir(folder) if f.startswith(".tmp_") and ".pt." in f]
+    for name in stale:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(folder, name))
+    return stale
+
+
+def _refusal(path: str, message: str) -> str:
+    """One line for a weights-only refusal: a global it would import, or a foreign opcode."""
+    found = re.search(r"GLOBAL (\S+)|Unsupported class (\S+)", message)
+    if found:
+        what = found.group(1) or found.group(2)
+        return (f"checkpoint {path} refused: its pickle would load {what}, which is not "
+                "weights: only load files you trust, re-saved as plain tensors")
+    if "Weights only load failed" in message:
+        return (f"checkpoint {path} refused: it is not a weights-only torch file (a plain pickle "
+                "or another format): give a checkpoint written by torch.save")
+    first = message.strip().splitlines()[0][:120] if message.strip() else "unreadable"
+    return f"checkpoint {path} is truncated or not a torch file ({first}): use an intact copy"
 
 
 def read_checkpoint(path: str) -> dict:
@@ -105,17 +145,16 @@ def read_checkpoint(path: str) -> dict:
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path} is a directory: name a .pt file in it")
     try:
-        if hasattr(torch.serialization, "safe_globals"):
-            with torch.serialization.safe_globals(_allowlist()):
+        with warnings.catch_warnings():  # e.g. "pickle protocol 4": the error below says it all
+            warnings.simplefilter("ignore")
+            if hasattr(torch.serialization, "safe_globals"):
+                with torch.serialization.safe_globals(_allowlist()):
+                    obj = torch.load(path, map_location="cpu", weights_only=True)
+            else:  # torch < 2.5: the original's meters cannot be mapped; weights-only holds
                 obj = torch.load(path, map_location="cpu", weights_only=True)
-        else:  # torch < 2.5: the original's meters cannot be mapped; weights-only still holds
-            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        what = str(e).split("GLOBAL ")[-1].split(" ")[0] if "GLOBAL" in str(e) else "code"
-        raise CheckpointError(
-            f"checkpoint {path} refused: its pickle would load {what}, which is not weights; "
-            "only load files you trust, re-saved as plain tensors") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise CheckpointError(_refusal(path, str(e))) from None
+    except Exception as e:  # noqa: BLE001 - parsing a file: any failure means a bad file
         first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"checkpoint {path} is truncated or not a torch file ({first}): "

@@ -193,3 +193,23 @@ def graph_params(weight: Tensor, prune_rate: float) -> int:
     w = weight.detach().reshape(weight.shape[0], -1)
     nodes = int((w != 0).any(0).sum())
     return _original_int(nodes * 3 * 3, w.shape[1] * w.shape[0] * (1 - prune_rate))
+
+
+def profile_or_none(model: nn.Module, input_size: int | None = None) -> ProfileResult | None:
+    """``profile`` for models it applies to (MobileNetV1Like); None for the others."""
+    inner = getattr(model, "module", model)
+    if not (hasattr(inner, "layers") and hasattr(inner, "conv1")):
+        return None
+    return profile(inner, input_size)
+
+
+def describe(result: ProfileResult) -> list[str]:
+    """Lines for the console: totals as the paper counts them, and dead nodes per block."""
+    where = ("224x224 ImageNet input, as the original and the paper count"
+             if result.input_size is None else f"{result.input_size}x{result.input_size} input")
+    lines = [f"params {result.params / 1e6:.3f}M ({result.params}), MACs "
+             f"{result.macs / 1e6:.1f}M ({result.macs}) [{where}]"]
+    for b in result.blocks:
+        lines.append(f"  Block {b.index}: {b.num_edges} edges, dead source nodes per layer "
+                     f"{list(b.dead_sources)}, outputs without in-edge {b.dead_outputs}")
+    return lines

@@ -1,9 +1,16 @@
-"""One job from a Config: seed, data, model, optimizer, resume, then train or evaluate.
+"""One job from a Config: checks, seed, model, resume, data, then train or evaluate.
 
 Files of a run (title = ``base=<yml>_key=value...``): checkpoints in ``save_dir/title/``
 (``init.pt`` before the first epoch, ``epoch_{e}.pt`` after epoch 0 and every 10th epoch,
-``best.pt`` at each new best, ``last.pt`` after every epoch) and TensorBoard events in
-``log_dir/title/``.
+``best.pt`` at each new best, ``last.pt`` after every epoch and when stopped by a signal) and
+TensorBoard events in ``log_dir/title/``.
+
+Order matters: everything a user can get wrong (class names, checkpoint file, a fresh start over
+an earlier run, an unwritable folder, the checkpoint's fit to the model, the data) is checked
+before anything is written, the cheap checks first. Resuming (exactly, on the CPU) and stopping
+on SIGINT/SIGTERM: genutil.resume.
+
+Under torchrun (genutil.distributed) every process runs this; only rank 0 writes and prints.
 """
 
 from __future__ import annotations
@@ -12,21 +19,25 @@ import dataclasses
 import logging
 import os
 import random
-from typing import Any, Optional
+import tempfile
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from genutil import api
-from genutil.checkpoint import (FORMAT_VERSION, load_model_state, model_state, read_checkpoint,
-                                rng_state, save_checkpoint, set_rng_state)
+from genutil import api, distributed
+from genutil.checkpoint import load_model_state, model_state, read_checkpoint, remove_stale_temps
 from genutil.config import Config
-from genutil.errors import CheckpointError, ConfigError
+from genutil.distributed import DistInfo
+from genutil.errors import ConfigError
 from genutil.log import ConsoleHook, ProgressHook, TensorBoardHook
+from genutil.profiling import describe, profile_or_none
 from genutil.registry import resolve
+from genutil.resume import (CheckpointHook, check_fresh, restore, restore_rng, resume_path,
+                            stop_on_signals)
 from genutil.schedules import Schedule
-from genutil.trainer import TrainState, evaluate, fit
+from genutil.trainer import DivergenceError, TrainState, evaluate, fit
 
 __all__ = ["run", "seed_everything", "select_devices", "CheckpointHook", "make_optimizer"]
 
@@ -41,8 +52,15 @@ def seed_everything(seed: int) -> None:
     torch.cuda.manual_seed_all(seed)
 
 
-def select_devices(gpus: list) -> tuple[torch.device, list]:
-    """(device, GPU ids for DataParallel). No CUDA: the CPU, whatever ``gpus`` says."""
+def select_devices(gpus: list, info: DistInfo = DistInfo()) -> tuple[torch.device, list]:
+    """(device, GPU ids for DataParallel). No CUDA: the CPU, whatever ``gpus`` says. Under
+    torchrun: GPU ``LOCAL_RANK`` (or the CPU) and no DataParallel."""
+    if info.enabled:
+        if len(gpus) > 1:
+            raise ConfigError(f"--gpus {' '.join(map(str, gpus))} asks for DataParallel, but "
+                              "under torchrun each process uses GPU LOCAL_RANK: drop --gpus")
+        cuda = torch.cuda.is_available()
+        return (torch.device("cuda", info.local_rank) if cuda else torch.device("cpu")), []
     if not torch.cuda.is_available():
         if gpus:
             log.warning("no CUDA device is available: running on the CPU")
@@ -61,57 +79,6 @@ def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                            weight_decay=cfg.weight_decay,
                            nesterov=cfg.nestorov and cfg.momentum > 0)
-
-
-class CheckpointHook:
-    """Writes the run's checkpoints in the original's layout (plus our extra keys)."""
-
-    def __init__(self, folder: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 cfg: Config, title: str) -> None:
-        self.folder, self.model, self.optimizer = folder, model, optimizer
-        self.cfg, self.title = cfg, title
-
-    def payload(self, state: TrainState, last_epoch: int) -> dict:
-        model = getattr(self.model, "module", self.model)
-        history = state.history[-1] if state.history else {}
-        return {
-            "model": {"module." + k: v for k, v in model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "last_epoch": last_epoch,
-            "best_val": state.best_val,
-            "iter": float(state.step),
-            "meters": (history.get("train", {}), history.get("val", {})),
-            # ours: never required when loading
-            "epoch": state.epoch,
-            "step": state.step,
-            "rng": rng_state(),
-            "config": dataclasses.asdict(self.cfg),
-            "title": self.title,
-            "format_version": FORMAT_VERSION,
-        }
-
-    def save(self, name: str, state: TrainState, last_epoch: int) -> None:
-        save_checkpoint(os.path.join(self.folder, name), self.payload(state, last_epoch))
-
-    def on_fit_start(self, state: TrainState) -> None:
-        if state.epoch == 0 and state.step == 0:
-            self.save("init.pt", state, 0)
-
-    def on_epoch_end(self, state: TrainState, train: dict, val: dict) -> None:
-        epoch = state.epoch - 1
-        payload = self.payload(state, epoch)
-        if epoch == 0 or (epoch + 1) % 10 == 0:
-            save_checkpoint(os.path.join(self.folder, f"epoch_{epoch}.pt"), payload)
-        if val.get("is_best"):
-            save_checkpoint(os.path.join(self.folder, "best.pt"), payload)
-        save_checkpoint(os.path.join(self.folder, "last.pt"), payload)
-
-
-def _resume_path(cfg: Config, folder: str) -> Optional[str]:
-    if cfg.resume != "auto":
-        return cfg.resume or None
-    last = os.path.join(folder, "last.pt")
-    return last if os.path.exists(last) else None
 
 
 def _apply_use_graph(cfg: Config, model: nn.Module) -> None:
@@ -134,75 +101,172 @@ def _apply_use_graph(cfg: Config, model: nn.Module) -> None:
         load_model_state(model, {**init, **masks}, source=f"use_init {cfg.use_init}")
 
 
-def _check_fresh(folder: str) -> None:
-    if os.path.isdir(folder) and any(f.endswith(".pt") for f in os.listdir(folder)):
-        raise ConfigError(
-            f"{folder} already holds checkpoints of this run: continue it with --resume auto, "
-            "or pick another --save_dir (nothing was overwritten)")
+def _check_writable(folders: dict[str, str], create: bool) -> None:
+    """Each folder must be creatable and writable: checked without writing (``create`` False)
+    before anything is loaded, then for real, a scratch file in each, just before training."""
+    for key, folder in folders.items():
+        try:
+            if create:
+                os.makedirs(folder, exist_ok=True)
+                with tempfile.TemporaryFile(dir=folder):
+                    pass
+                continue
+            existing = os.path.abspath(folder)
+            while not os.path.exists(existing):
+                existing = os.path.dirname(existing)
+            if not os.path.isdir(existing):
+                raise OSError(f"{existing} is a file, not a folder")
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise OSError(f"{existing} is not writable")
+        except OSError as e:
+            raise ConfigError(f"{key} {folder} cannot be written ({e.strerror or e}): "
+                              f"choose another --{key}") from None
 
 
-def run(cfg: Config, title: str, write=print) -> dict[str, Any]:
-    """Train (or with ``evaluate`` only evaluate) as the config says; return final metrics."""
-    device, gpu_ids = select_devices(cfg.gpus)
+def _silent(_: str) -> None:
+    pass
+
+
+def run(cfg: Config, title: str, write: Callable[[str], None] = print,
+        resume_command: str = "") -> dict[str, Any]:
+    """Train (or with ``evaluate`` only evaluate) as the config says; return final metrics.
+
+    ``resume_command`` is the command line that continues this run, printed when a signal stops
+    it. Under torchrun this joins the process group (and leaves it on return).
+    """
+    info = distributed.init_distributed()
+    result = _run(cfg, title, write if info.is_primary else _silent, resume_command, info)
+    # after an error the process just exits: tearing down a group that a failed rank has left
+    # can block or abort, and would hide the one-line error
+    distributed.shutdown(info)
+    return result
+
+
+def _run(cfg: Config, title: str, write: Callable[[str], None], resume_command: str,
+         info: DistInfo) -> dict[str, Any]:
+    if not cfg.evaluate and (cfg.fast_eval or cfg.use_dgl or cfg.export):
+        raise ConfigError("--fast_eval/--use_dgl/--export shrink a trained model for evaluation: "
+                          "add --evaluate --resume <checkpoint>")
+    data_class = resolve(cfg.data, "data")  # names first: cheap, and the likeliest typos
+    resolve(cfg.model, "model")
+    device, gpu_ids = select_devices(cfg.gpus, info)
+    folder = os.path.join(cfg.save_dir, title)
+    resume = resume_path(cfg, folder)
+    ckpt = read_checkpoint(resume) if resume else None  # refuses unsafe or torn files first
+    if ckpt is None and cfg.evaluate:
+        raise ConfigError("--evaluate needs a checkpoint: add --resume <file>")
+    if ckpt is None and cfg.resume != "auto":
+        check_fresh(folder)
+    outputs = {"save_dir": folder, "log_dir": os.path.join(cfg.log_dir, title)}
+    if not cfg.evaluate and info.is_primary:
+        _check_writable(outputs, create=False)
+    # batch sizes in the config are global; each process loads its share (genutil.distributed)
+    data_cfg = dataclasses.replace(
+        cfg, batch_size=distributed.per_process(cfg.batch_size, info.world_size, "batch_size"),
+        test_batch_size=max(1, -(-cfg.test_batch_size // info.world_size)))
+
     torch.backends.cudnn.benchmark = True
     seed_everything(cfg.seed)
-    folder = os.path.join(cfg.save_dir, title)
-
-    data = resolve(cfg.data, "data").from_config(cfg, pin_memory=device.type == "cuda")
     model = api.model_from_config(cfg)
-    optimizer = make_optimizer(cfg, model)
+    if info.enabled and info.rank:
+        # DDP broadcasts rank 0's weights; from here on each process draws its own random
+        # numbers (augmentation with workers=0, targeted dropout), not copies of rank 0's
+        seed_everything(cfg.seed + info.rank)
     _apply_use_graph(cfg, model)
-
-    state = TrainState()
-    resume = _resume_path(cfg, folder)
-    if resume:
-        meta = api.load_checkpoint(model, resume)
-        state.epoch = int(meta.get("epoch", meta.get("last_epoch", -1) + 1))
-        state.step = int(meta.get("step", meta.get("iter", 0)))
-        state.best_val = float(meta.get("best_val", 0.0))
-        if not cfg.evaluate and "optimizer" in meta:
-            try:
-                optimizer.load_state_dict(meta["optimizer"])
-            except (ValueError, KeyError) as e:
-                raise CheckpointError(f"optimizer state of {resume} does not fit ({e}): "
-                                      "resume with the experiment file it was trained with")
-            set_rng_state(meta.get("rng"))
-        write(f"=> resumed {resume} (next epoch {state.epoch}, step {state.step})")
-    elif cfg.evaluate:
-        raise ConfigError("--evaluate needs a checkpoint: add --resume <file>")
-    elif cfg.resume != "auto":
-        _check_fresh(folder)
-
+    # on the device before the optimizer loads its state: momentum goes where the weights are
     model.to(device)
     if cfg.channels_last and device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    net: nn.Module = nn.DataParallel(model, device_ids=gpu_ids) if len(gpu_ids) > 1 else model
-    if cfg.compile:
+    optimizer = make_optimizer(cfg, model)
+    state = TrainState()
+    if ckpt is not None:
+        restore(ckpt, resume, cfg, model, optimizer, state)
+        if not cfg.evaluate and state.epoch >= cfg.num_epochs:
+            write(f"=> {title} has trained all {cfg.num_epochs} epochs ({resume}): nothing to do")
+            return {}
+    data = data_class.from_config(
+        data_cfg, pin_memory=device.type == "cuda", distributed=info.enabled)
+    if not cfg.evaluate and info.is_primary:  # the last check: it creates the run's folders
+        _check_writable(outputs, create=True)
+    if ckpt is not None:
+        if not cfg.evaluate:
+            restore_rng(ckpt, resume, info, len(data.train_loader))
+        at = f", batch {state.batch} of it" if state.batch else ""
+        write(f"=> resumed {resume} (next epoch {state.epoch}{at}, step {state.step})")
+
+    net: nn.Module = model
+    if cfg.evaluate and (cfg.fast_eval or cfg.use_dgl):
+        pass  # the shrunk model below runs on one device: no DataParallel, no compile
+    elif info.enabled and not cfg.evaluate:
+        net = distributed.wrap_ddp(model, device)
+    elif len(gpu_ids) > 1:
+        net = nn.DataParallel(model, device_ids=gpu_ids)
+    if cfg.compile and not (cfg.evaluate and (cfg.fast_eval or cfg.use_dgl)):
         net = torch.compile(net)
 
     if cfg.evaluate:
+        if not cfg.skip_profiling:
+            result = profile_or_none(model)
+            for line in describe(result) if result is not None else []:
+                write(line)
+        backend = "dgl" if cfg.use_dgl else cfg.graph_backend
+        if cfg.fast_eval or backend != "dense" or cfg.export:
+            example = torch.randn(2, cfg.in_channels, cfg.image_size, cfg.image_size)
+            net, lines = api.prepare_for_eval(model, fast=cfg.fast_eval, backend=backend,
+                                              export=cfg.export, example=example)
+            for line in lines:
+                write(line)
         metrics = evaluate(net, data.val_loader, device=device, topk=cfg.topk, amp=cfg.amp,
-                           hooks=[ProgressHook(cfg.progress)])
+                           hooks=[ProgressHook(cfg.progress)] if info.is_primary else [])
         write(f"eval {title}: loss {metrics['CELoss']:.4f} "
               + " ".join(f"top-{k} {100 * metrics[f'top{k}_accuracy']:.2f}%" for k in cfg.topk))
         return metrics
+    return _train(cfg, title, write, resume_command, info, net, model, optimizer, data, state,
+                  device, folder)
 
-    schedule = Schedule(cfg.lr_scheduler, cfg.lr, cfg.num_epochs, len(data.train_loader),
+
+def _train(cfg: Config, title: str, write: Callable[[str], None], resume_command: str,
+           info: DistInfo, net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer,
+           data: Any, state: TrainState, device: torch.device, folder: str) -> dict[str, Any]:
+    steps = len(data.train_loader)
+    schedule = Schedule(cfg.lr_scheduler, cfg.lr, cfg.num_epochs, steps,
                         milestones=list(cfg.multistep_lr_milestones),
                         gamma=cfg.exp_decaying_lr_gamma if cfg.lr_scheduler == "exp_decaying"
                         else cfg.multistep_lr_gamma,
                         dataset_len=len(data.train_loader.dataset), batch_size=cfg.batch_size)
-    tb = TensorBoardHook(os.path.join(cfg.log_dir, title), net)
-    hooks = [CheckpointHook(folder, net, optimizer, cfg, title), tb,
-             ProgressHook(cfg.progress), ConsoleHook(cfg.num_epochs, write)]
-    write(f"=> {title}: {sum(p.numel() for p in model.parameters())} parameters on {device}, "
-          f"{len(data.train_loader)} steps per epoch; checkpoints in {folder}")
+    saver = CheckpointHook(folder, net, optimizer, cfg, title, steps_per_epoch=steps,
+                           world_size=info.world_size)
+    hooks: list = [saver]
+    tb = None
+    if info.is_primary:
+        stale = remove_stale_temps(folder)
+        if stale:
+            log.info("removed %d partial checkpoint file(s) of a killed save", len(stale))
+        tb = TensorBoardHook(os.path.join(cfg.log_dir, title), net,
+                             profile=None if cfg.skip_profiling else profile_or_none)
+        hooks += [tb, ProgressHook(cfg.progress), ConsoleHook(cfg.num_epochs, write)]
+    plural = "es" if info.world_size > 1 else ""
+    where = f"{info.world_size} process{plural} ({device.type})" if info.enabled else str(device)
+    write(f"=> {title}: {sum(p.numel() for p in model.parameters())} parameters on {where}, "
+          f"{steps} steps per epoch; checkpoints in {folder}")
+    distributed.barrier()  # no process writes before every process has passed its checks
     try:
-        fit(net, data.train_loader, data.val_loader, optimizer, schedule, state, device=device,
-            num_epochs=cfg.num_epochs, topk=cfg.topk, hooks=hooks, amp=cfg.amp,
-            channels_last=cfg.channels_last and device.type == "cuda")
+        with stop_on_signals(state, info.enabled) as signals:
+            fit(net, data.train_loader, data.val_loader, optimizer, schedule, state,
+                device=device, num_epochs=cfg.num_epochs, topk=cfg.topk, hooks=hooks,
+                amp=cfg.amp, channels_last=cfg.channels_last and device.type == "cuda")
+    except DivergenceError as e:
+        raise DivergenceError(f"{e} in {folder}") from None
     finally:
-        tb.close()
+        if tb is not None:
+            tb.close()
+    if state.stop_requested:
+        path = saver.save_stop(state)
+        where = (f"step {state.batch} of epoch {state.epoch}" if state.batch
+                 else f"the start of epoch {state.epoch}")
+        write(f"=> stopped by {signals[0] if signals else 'request'} at {where}; saved {path}")
+        write(f"resume with: {resume_command or '--resume auto (same command line)'}")
+        return {}
     last = state.history[-1]["val"] if state.history else {}
     if last:
         write(f"final top-1 {100 * last['top1_accuracy']:.2f}% (best {100 * state.best_val:.2f}%)")

@@ -1,6 +1,7 @@
 """The one training loop: train_one_epoch, evaluate, fit. No I/O here: hooks do it.
 
-A hook is any object with some of these methods (all optional), called by the primary process:
+A hook is any object with some of these methods (all optional). Under torch.distributed every
+process runs the loop with its own list of hooks; the run gives logging hooks to rank 0 only.
 
     on_fit_start(state)                       before the first epoch of this call to fit
     on_epoch_start(state, phase, num_steps)   phase is "train" or "val"
@@ -10,6 +11,13 @@ A hook is any object with some of these methods (all optional), called by the pr
 
 ``state`` is the TrainState: the global optimizer step ``step`` (one source of truth; the
 epoch is derived from it at epoch boundaries), the next ``epoch`` to run, ``best_val``.
+
+Stopping (SIGINT/SIGTERM set ``state.stop_requested``): the current step finishes, and fit returns
+with ``state.batch`` > 0 if it stopped inside an epoch. The caller saves that position; a later
+fit replays the epoch's first ``state.batch`` batches from the loader without training on them and
+then restores the RNG state it had, so the rest of the epoch sees exactly the images (and
+augmentations) an unbroken run would. Under torch.distributed the processes agree at every step
+on stopping and on a non-finite loss, so all stop at the same step.
 """
 
 from __future__ import annotations
@@ -18,12 +26,14 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from genutil import distributed
+from genutil.checkpoint import rng_state, set_rng_state
 from genutil.errors import UserError
 from genutil.schedules import Schedule
 
@@ -43,6 +53,8 @@ class TrainState:
     best_val: float = 0.0
     history: list = field(default_factory=list)  # per epoch: {"epoch", "train", "val"}
     stop_requested: bool = False  # set by a signal handler: finish the step, then stop
+    batch: int = 0  # batches of ``epoch`` already trained: > 0 only after a mid-epoch stop
+    partial: dict = field(default_factory=dict)  # train meter sums of those batches (all ranks)
 
 
 def call_hooks(hooks: Iterable[Any], name: str, *args: Any) -> None:
@@ -78,15 +90,21 @@ class _Meters:
         return out
 
     def all_reduce(self) -> None:
-        """Sum the meters over processes (torch.distributed)."""
-        import torch.distributed as dist  # noqa: PLC0415
-
-        if not (dist.is_available() and dist.is_initialized()):
-            return
-        t = torch.tensor([self.count, self.loss, *self.hits.values()], dtype=torch.float64)
-        dist.all_reduce(t)
+        """Sum the meters over processes (torch.distributed); nothing without a process group."""
+        t = distributed.all_reduce_sum([self.count, self.loss, *self.hits.values()])
         self.count, self.loss = int(t[0]), float(t[1])
-        self.hits = dict(zip(self.topk, t[2:].tolist()))
+        self.hits = dict(zip(self.topk, t[2:]))
+
+    def sums(self) -> dict:
+        """The raw sums, to carry a partial epoch across a stop (plain values)."""
+        return {"count": self.count, "loss": self.loss,
+                "hits": [float(self.hits[k]) for k in self.topk]}
+
+    def load_sums(self, sums: dict) -> None:
+        """Continue from ``sums()`` of an earlier part of the same epoch."""
+        if sums and len(sums.get("hits", ())) == len(self.topk):
+            self.count, self.loss = int(sums["count"]), float(sums["loss"])
+            self.hits = dict(zip(self.topk, (float(h) for h in sums["hits"])))
 
 
 def _to(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -113,15 +131,34 @@ def _set_epoch(loader: Any, epoch: int) -> None:
         loader.sampler.set_epoch(epoch)
 
 
+def _batches(loader: Iterable, skip: int) -> Iterator:
+    """Iterate ``loader`` from batch ``skip`` on, as if the first ``skip`` had been trained on.
+
+    The skipped batches are loaded and dropped (so worker processes draw the same augmentation
+    randomness as in an unbroken epoch), and the RNG state of this process is put back as it
+    was, which the caller restored from the checkpoint of the stop.
+    """
+    batches = iter(loader)
+    if skip:
+        saved = rng_state()
+        for _ in range(skip):
+            next(batches)
+        set_rng_state(saved)
+    return batches
+
+
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     schedule: Schedule, state: TrainState, *, device: torch.device,
                     topk: Sequence[int] = (1, 5), hooks: Sequence[Any] = (), amp: str = "",
                     scaler: Optional[Any] = None, channels_last: bool = False) -> dict:
-    """One pass over ``loader`` with SGD steps; the lr of each step comes from ``schedule``."""
+    """One pass over ``loader`` (from batch ``state.batch``) with SGD steps; the lr of each step
+    comes from ``schedule``. Returns {} if a stop was requested before the epoch's end."""
     model.train()
     meters = _Meters(topk)
+    if distributed.is_primary():  # partial sums were all-reduced before the stop: add once
+        meters.load_sums(state.partial)
     call_hooks(hooks, "on_epoch_start", state, "train", len(loader))
-    for i, (images, target) in enumerate(loader):
+    for images, target in _batches(loader, state.batch):
         images, target = _to(images, device, channels_last), target.to(device, non_blocking=True)
         lr = schedule.lr(state.step)
         for group in optimizer.param_groups:
@@ -130,10 +167,13 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
         with _autocast(device, amp):
             output = model(images)
             loss = F.cross_entropy(output.float(), target)
-        if not math.isfinite(loss.item()):
+        value = loss.item()
+        diverged, stop = distributed.any_rank(not math.isfinite(value), state.stop_requested)
+        if diverged:  # before the update: the weights (and checkpoints) stay finite
+            what = value if not math.isfinite(value) else "not finite in another process"
             raise DivergenceError(
-                f"loss is {float(loss)} at epoch {state.epoch} step {i} (global step "
-                f"{state.step}): lower lr or check the data; the last checkpoint is kept")
+                f"loss is {what} at epoch {state.epoch} step {state.batch} (global step "
+                f"{state.step}): lower lr or check the data; the checkpoints so far are kept")
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -142,11 +182,17 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             loss.backward()
             optimizer.step()
         state.step += 1
+        state.batch += 1
         meters.add(output.detach().float(), target, loss.detach())
-        call_hooks(hooks, "on_step_end", state, "train", float(loss))
-        if state.stop_requested:
+        call_hooks(hooks, "on_step_end", state, "train", value)
+        if stop:
+            state.stop_requested = True
             break
     meters.all_reduce()
+    if state.batch < len(loader):  # stopped inside the epoch: the caller saves where it stands
+        state.partial = meters.sums()
+        return {}
+    state.batch, state.partial = 0, {}
     return {**meters.results(), "lr": schedule.lr(max(state.step - 1, 0))}
 
 
@@ -175,12 +221,18 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable,
         device: torch.device, num_epochs: int, topk: Sequence[int] = (1, 5),
         hooks: Sequence[Any] = (), amp: str = "", channels_last: bool = False,
         on_epoch: Optional[Callable[[int], None]] = None) -> TrainState:
-    """Train from ``state.epoch`` to ``num_epochs``, validating after each epoch."""
+    """Train from ``state.epoch`` (batch ``state.batch``) to ``num_epochs``, validating after
+    each epoch; return early, ``state.batch`` > 0 if inside an epoch, when a stop is requested."""
     scaler = None
     if amp == "fp16" and device.type == "cuda":
-        scaler = torch.amp.GradScaler("cuda")
+        # torch.amp.GradScaler is torch >= 2.3; torch.cuda.amp's is the same class before that
+        scaler = (torch.amp.GradScaler("cuda") if hasattr(torch.amp, "GradScaler")
+                  else torch.cuda.amp.GradScaler())
     call_hooks(hooks, "on_fit_start", state)
-    while state.epoch < num_epochs and not state.stop_requested:
+    while state.epoch < num_epochs:
+        (state.stop_requested,) = distributed.any_rank(state.stop_requested)
+        if state.stop_requested:
+            break
         epoch = state.epoch
         _set_epoch(train_loader, epoch)
         if on_epoch is not None:
@@ -189,12 +241,12 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable,
         train = train_one_epoch(model, train_loader, optimizer, schedule, state, device=device,
                                 topk=topk, hooks=hooks, amp=amp, scaler=scaler,
                                 channels_last=channels_last)
-        if state.stop_requested and state.step % max(schedule.steps_per_epoch, 1):
-            break  # interrupted mid-epoch: the caller saves where it stands
+        if state.batch:
+            break  # stopped mid-epoch
         train["epoch_time"] = time.time() - t0
         t1 = time.time()
-        val = evaluate(model, val_loader, device=device, topk=topk, hooks=hooks, state=state,
-                       amp=amp, channels_last=channels_last)
+        val = evaluate(distributed.eval_module(model), val_loader, device=device, topk=topk,
+                       hooks=hooks, state=state, amp=amp, channels_last=channels_last)
         val["epoch_time"] = time.time() - t1
         val["is_best"] = val["top1_accuracy"] > state.best_val
         state.best_val = max(state.best_val, val["top1_accuracy"])

@@ -132,6 +132,9 @@ class StaticNeuralGraph(_TinyBase):
                          image_size=image_size, in_channels=in_channels, output_size=output_size)
         self.layers = layers
         self.block_sz = static_groups(dim, downsample_dim, layers)
+        if feature_dim > self.block_sz[-1]:
+            raise ValueError(f"feature_dim {feature_dim} exceeds the last node group "
+                             f"({self.block_sz[-1]} nodes): lower feature_dim or raise dim")
         self.block_rng = [0]
         for size in self.block_sz:
             self.block_rng.append(self.block_rng[-1] + size)

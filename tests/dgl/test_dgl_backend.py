@@ -62,16 +62,6 @@ def test_api_dgl_backend_and_export(medium, tmp_path):
     assert (loaded(x) - expected["logits"]).abs().max().item() <= 1e-5
 
 
-def _wired() -> bool:
-    with open(os.path.join(ROOT, "genutil", "run.py")) as fh:
-        return "prepare_for_eval" in fh.read()
-
-
-@pytest.mark.skipif(
-    not _wired(),
-    reason="genutil/run.py does not call api.prepare_for_eval "
-    "yet (--fast_eval/--use_dgl are not wired)",
-)
 def test_main_evaluates_large_scale_with_fast_eval_and_dgl(tmp_path):
     torch.manual_seed(0)
     model = api.build_model(LARGE)

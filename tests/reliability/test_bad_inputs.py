@@ -1,0 +1,182 @@
+"""Bad inputs through ``python main.py`` (issue 6, item 5): every row exits 2 with exactly one
+line on stderr (``error: ...`` naming the problem), no traceback, and changes no existing file.
+
+Every row runs against its own copy of a finished run's checkpoint folder (``save_dir``), hashed
+before and after; the shared inputs (experiment files, checkpoints, data) are hashed around the
+whole table. Rows run two at a time (most stop before torch is even imported).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.data.fakes import make_cifar10
+from tests.reliability.util import QUICKSTART, ROOT, run_main, tree_hash
+
+EXISTING = [QUICKSTART, "--dim", "160", "--feature_dim", "32", "--num_epochs", "1",
+            "--noprogress"]
+QS = Path(ROOT, "apps", "quickstart", "static_dnw.yml").read_text()
+IMAGENET_APP = "app:apps/large_scale/mobilenetv1_dnw_x225.yml"
+CIFAR_APP = "app:apps/small_scale/static_dnw.yml"
+
+
+@dataclass
+class Row:
+    name: str
+    argv: list  # "{in}" is replaced by the inputs folder, "{ck}" by the run's checkpoint file
+    expect: list  # words the error line must contain (case-insensitive)
+    own_dirs: bool = True  # add --save_dir/--log_dir of the row's own folder
+    files: dict = field(default_factory=dict)  # name -> text of an input file to write
+
+
+def _yml(text: str) -> dict:
+    return {"exp.yml": text}
+
+
+ROWS = [
+    Row("yaml syntax error", ["app:{in}/exp.yml"], ["not valid YAML", "at line"],
+        files=_yml("model: models.graphs.neuralgraph:StaticNeuralGraph\ndata: [digits\n")),
+    Row("yaml not a mapping", ["app:{in}/exp.yml"], ["not a mapping"], files=_yml("- a\n- b\n")),
+    Row("empty experiment file", ["app:{in}/exp.yml"], ["is empty"], files=_yml("")),
+    Row("comment-only experiment file", ["app:{in}/exp.yml"], ["is empty"],
+        files=_yml("# nothing\n")),
+    Row("binary experiment file", ["app:{in}/exp.yml"], ["exp.yml"],
+        files={"exp.yml": b"\xff\xfe\x00\x9c garbage"}),
+    Row("wrong type in yml", ["app:{in}/exp.yml"], ["batch_size", "integer"],
+        files=_yml(QS.replace("batch_size: 64", "batch_size: lots"))),
+    Row("list where a number goes", ["app:{in}/exp.yml"], ["lr=", "number"],
+        files=_yml(QS.replace("lr: 0.1", "lr: [0.1, 0.2]"))),
+    Row("wrong type on the command line", [QUICKSTART, "--lr", "fast"], ["lr=", "number"]),
+    Row("float for an integer", [QUICKSTART, "--seed", "1.5"], ["seed", "integer"]),
+    Row("unknown key in yml", ["app:{in}/exp.yml"], ["unknown key 'bach_size'", "batch_size"],
+        files=_yml(QS + "bach_size: 64\n")),
+    Row("unknown key on the command line", [QUICKSTART, "--num_epoch", "3"],
+        ["unknown key 'num_epoch'", "num_epochs"]),
+    Row("stray positional argument", [QUICKSTART, "oops"], ["unexpected argument 'oops'"]),
+    Row("no experiment file", ["--lr", "0.1"], ["no experiment file", "app:"]),
+    Row("missing experiment file", ["app:apps/nope.yml"], ["apps/nope.yml", "not found"]),
+    Row("experiment path is a directory", ["app:apps/quickstart"], ["is a directory"]),
+    Row("negative batch size", [QUICKSTART, "--batch_size", "-4"], ["batch_size", "positive"]),
+    Row("zero batch size", [QUICKSTART, "--batch_size", "0"], ["batch_size", "positive"]),
+    Row("zero epochs", [QUICKSTART, "--num_epochs", "0"], ["num_epochs", "positive"]),
+    Row("negative learning rate", [QUICKSTART, "--lr", "-0.1"], ["lr", "positive"]),
+    Row("prune_rate 1.0", [QUICKSTART, "--prune_rate", "1.0"], ["prune_rate", "[0, 1)"]),
+    Row("unknown edge type", [QUICKSTART, "--graph", "dense"], ["graph", "'dnw'"]),
+    Row("topk above the classes", [QUICKSTART, "--topk", "1", "20"], ["topk", "output_size"]),
+    Row("model the class cannot build", [QUICKSTART, "--image_size", "10"],
+        ["cannot be built", "image_size"]),
+    Row("unknown model class", ["app:{in}/exp.yml"], ["no class NoSuchGraph", "StaticNeuralGraph"],
+        files=_yml(QS.replace(":StaticNeuralGraph", ":NoSuchGraph"))),
+    Row("model module outside models.", ["app:{in}/exp.yml"], ["outside the models/"],
+        files=_yml(QS.replace("models.graphs.neuralgraph:StaticNeuralGraph", "os:system"))),
+    Row("data module outside data.", ["app:{in}/exp.yml"], ["outside the data/"],
+        files=_yml(QS.replace("data.digits:Digits", "genutil.run:CheckpointHook"))),
+    Row("missing data folder", [IMAGENET_APP, "--data-dir", "{in}/no_such_dir", "--workers", "0"],
+        ["ImageNet", "not found", "no_such_dir"]),
+    Row("data folder in the wrong layout", [CIFAR_APP, "--data-dir", "{in}/cifar_bad",
+                                            "--workers", "0"], ["data_batch_3"]),
+    Row("resume from a missing file", EXISTING + ["--resume", "{in}/nope.pt"], ["not found"]),
+    Row("resume from a directory", EXISTING + ["--resume", "{in}"], ["is a directory"]),
+    Row("evaluate without resume", EXISTING + ["--evaluate"], ["--evaluate needs a checkpoint"]),
+    Row("truncated checkpoint", EXISTING + ["--resume", "{in}/truncated.pt"], ["truncated"]),
+    Row("text file as checkpoint", EXISTING + ["--resume", "{in}/notes.pt"], ["not a"]),
+    Row("checkpoint holding a tensor", EXISTING + ["--resume", "{in}/tensor.pt"],
+        ["Tensor, not a dict"]),
+    Row("checkpoint of another model", [QUICKSTART, "--noprogress", "--resume", "{ck}"],
+        ["does not fit this model", "pass the experiment file"]),
+    Row("planted pickle that would run code", EXISTING + ["--resume", "{in}/evil.pt"],
+        ["refused", "not weights"]),
+    Row("planted plain pickle", EXISTING + ["--resume", "{in}/evil_plain.pt"], ["refused"]),
+    Row("use_graph without fine_tune", EXISTING + ["--use_graph", "{ck}"], ["fine_tune"]),
+    Row("unwritable save_dir (a file)", EXISTING + ["--save_dir", "{in}/notes.pt/ck"],
+        ["save_dir", "is a file"], own_dirs=False),
+    Row("fresh start over an existing run", EXISTING, ["already holds checkpoints",
+                                                       "--resume auto"]),
+]
+
+
+class _RunsCode:
+    """Unpickling this creates a file: the proof that a planted checkpoint ran code."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict:
+    base = tmp_path_factory.mktemp("bad_inputs")
+    inputs, existing = base / "in", base / "existing"
+    inputs.mkdir()
+    result = run_main(EXISTING + ["--save_dir", str(existing / "ck"),
+                                  "--log_dir", str(existing / "runs")])
+    assert result.returncode == 0, result.stderr
+    (folder,) = (existing / "ck").iterdir()
+    data = (folder / "last.pt").read_bytes()
+    (inputs / "truncated.pt").write_bytes(data[: len(data) // 2])
+    (inputs / "notes.pt").write_text("these are my notes, not a checkpoint\n")
+    torch.save(torch.zeros(3), inputs / "tensor.pt")
+    marker = base / "pwned"
+    torch.save({"model": {}, "x": _RunsCode(str(marker))}, inputs / "evil.pt")
+    with open(inputs / "evil_plain.pt", "wb") as fh:
+        import pickle
+
+        pickle.dump({"model": {}, "x": _RunsCode(str(marker))}, fh, protocol=4)
+    bad = make_cifar10(inputs / "cifar_bad", n_per_batch=10)
+    (bad / "data_batch_3").write_bytes(b"\x80\x02not a batch")
+    return {"base": base, "inputs": inputs, "existing": existing, "ck": folder / "last.pt",
+            "marker": marker}
+
+
+def _run_row(index: int, row: Row, world: dict) -> tuple:
+    own = world["base"] / "rows" / str(index)
+    for name, content in row.files.items():
+        (own / "in").mkdir(parents=True, exist_ok=True)
+        path = own / "in" / name
+        path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+    shutil.copytree(world["existing"], own / "run")
+    inputs = own / "in" if row.files else world["inputs"]
+    argv = [a.replace("{in}", str(inputs)).replace("{ck}", str(world["ck"])) for a in row.argv]
+    if row.own_dirs:
+        argv += ["--save_dir", str(own / "run" / "ck"), "--log_dir", str(own / "run" / "runs")]
+    before = tree_hash(str(own))
+    result = run_main(argv, timeout=180)
+    return result, before, tree_hash(str(own))
+
+
+def test_bad_input_table(world):
+    assert len(ROWS) >= 25
+    shared = tree_hash(str(world["base"]))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outcomes = list(pool.map(lambda item: _run_row(item[0], item[1], world),
+                                 enumerate(ROWS)))
+    failures = []
+    for row, (result, before, after) in zip(ROWS, outcomes):
+        lines = result.stderr.strip().splitlines()
+        problems = []
+        if result.returncode != 2:
+            problems.append(f"exit {result.returncode}")
+        if "Traceback" in result.stderr or len(lines) != 1 or not lines[0].startswith("error: "):
+            problems.append(f"stderr {result.stderr[-600:]!r}")
+        missing = [w for w in row.expect if w.lower() not in result.stderr.lower()]
+        if missing:
+            problems.append(f"line lacks {missing}: {result.stderr.strip()!r}")
+        if before != after:
+            problems.append("files changed: "
+                            f"{sorted(set(before.items()) ^ set(after.items()))[:4]}")
+        if problems:
+            failures.append(f"{row.name}: {'; '.join(problems)}")
+    after_all = {k: v for k, v in tree_hash(str(world["base"])).items()
+                 if not k.startswith("rows" + os.sep)}
+    assert after_all == shared, "a row changed a shared input"
+    assert not world["marker"].exists(), "a planted pickle ran code"
+    assert not failures, "\n".join(failures)
