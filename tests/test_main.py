@@ -99,13 +99,13 @@ def test_checkpoint_of_another_model_names_the_key_and_shapes(cifar, reference_d
     ckpt = os.path.join(reference_dir, "ckpt", "small_static_dnw.ckpt.pt")
     proc = subprocess.run(
         [sys.executable, "main.py", "app:apps/small_scale/static_dnw.yml", "--data-dir", cifar,
-         "--resume", ckpt, "--evaluate", "--dim", "416", "--workers", "0",
+         "--resume", ckpt, "--evaluate", "--dim", "544", "--workers", "0",
          "--save_dir", str(tmp_path / "ck"), "--log_dir", str(tmp_path / "runs")],
         cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2
     err = proc.stderr.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1
-    assert "'zeros'" in err and "(1, 768, 8, 8)" in err and "(1, 384, 8, 8)" in err
+    assert "'zeros'" in err and "(1, 768, 8, 8)" in err and "(1, 512, 8, 8)" in err
 
 
 def test_missing_app_file_is_one_line(tmp_path):
