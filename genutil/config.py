@@ -248,7 +248,8 @@ def _read_yaml(path: str) -> dict:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"experiment file {path} is not valid YAML{where}: fix its syntax") from None
+        raise ConfigError(
+            f"experiment file {path} is not valid YAML{where}: fix its syntax") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"experiment file {path} cannot be read ({e}): check it") from None
     if content is None:

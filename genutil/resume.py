@@ -24,8 +24,14 @@ import torch
 import torch.nn as nn
 
 from genutil import distributed
-from genutil.checkpoint import (FORMAT_VERSION, load_model_state, model_state, rng_state,
-                                save_checkpoint, set_rng_state)
+from genutil.checkpoint import (
+    FORMAT_VERSION,
+    load_model_state,
+    model_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from genutil.config import Config
 from genutil.distributed import DistInfo
 from genutil.errors import CheckpointError, ConfigError

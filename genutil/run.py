@@ -34,8 +34,14 @@ from genutil.errors import ConfigError
 from genutil.log import ConsoleHook, ProgressHook, TensorBoardHook
 from genutil.profiling import describe, profile_or_none
 from genutil.registry import resolve
-from genutil.resume import (CheckpointHook, check_fresh, restore, restore_rng, resume_path,
-                            stop_on_signals)
+from genutil.resume import (
+    CheckpointHook,
+    check_fresh,
+    restore,
+    restore_rng,
+    resume_path,
+    stop_on_signals,
+)
 from genutil.schedules import Schedule
 from genutil.trainer import DivergenceError, TrainState, evaluate, fit
 

@@ -94,8 +94,8 @@ def test_bad_files(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(str(broken))
     unknown = tmp_path / "unknown.yml"
-    unknown.write_text("model: models.graphs.neuralgraph:StaticNeuralGraph\ndata: data.digits:Digits\n"
-                       "prune_rat: 0.5\n")
+    unknown.write_text("model: models.graphs.neuralgraph:StaticNeuralGraph\n"
+                       "data: data.digits:Digits\nprune_rat: 0.5\n")
     with pytest.raises(ConfigError, match="did you mean 'prune_rate'"):
         load_config(str(unknown))
 

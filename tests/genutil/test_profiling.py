@@ -1,4 +1,4 @@
-"""Profiling: the original's MACs / params formula, reproduced to the unit (reference README 4.5)."""
+"""Profiling: the original's MACs / params formula, to the unit (reference README 4.5)."""
 
 import dataclasses
 import json

@@ -7,8 +7,12 @@ import pytest
 import torch
 
 from genutil import api
-from models.graphs.neuralgraph import (ContinuousTimeNeuralGraph, DiscreteTimeNeuralGraph,
-                                       StaticNeuralGraph, static_groups)
+from models.graphs.neuralgraph import (
+    ContinuousTimeNeuralGraph,
+    DiscreteTimeNeuralGraph,
+    StaticNeuralGraph,
+    static_groups,
+)
 
 SMALL = [
     "static_dnw", "static_random_graph", "discrete_time_dnw", "discrete_time_random_graph",

@@ -26,8 +26,20 @@ from genutil.config import load_config, parse_argv, run_title
 from genutil.errors import ConfigError
 from genutil.run import make_optimizer
 from main import resume_command
-from tests.reliability.util import (PY, QUICKSTART, ROOT, RUNNER, TINY, Run,
-                                    assert_bitwise_equal, dirs, env, load, run_main, step_of)
+from tests.reliability.util import (
+    PY,
+    QUICKSTART,
+    ROOT,
+    RUNNER,
+    TINY,
+    Run,
+    assert_bitwise_equal,
+    dirs,
+    env,
+    load,
+    run_main,
+    step_of,
+)
 
 TORCHRUN = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 APP = "apps/quickstart/static_dnw.yml"

@@ -19,8 +19,17 @@ import pytest
 
 from genutil.config import parse_argv, run_title
 from tests.data.fakes import make_cifar10
-from tests.reliability.util import (ROOT, TINY, Run, assert_bitwise_equal, dirs, env, load,
-                                    run_main, step_of)
+from tests.reliability.util import (
+    ROOT,
+    TINY,
+    Run,
+    assert_bitwise_equal,
+    dirs,
+    env,
+    load,
+    run_main,
+    step_of,
+)
 
 TITLE = run_title(*parse_argv(TINY))
 CIFAR_APP = "app:apps/small_scale/static_dnw.yml"
