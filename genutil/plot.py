@@ -55,6 +55,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 TINY_PRUNE_RATE = 0.95  # every tiny-classifier yml of the paper (SPEC section 3)
 _MAX_CELLS = 1024  # adjacency images wider than this are max-pooled: a cell shows any kept edge
+_MAX_DRAWN = 3000  # node-link drawings show at most this many edges, the strongest
 _GIF_CELLS = 400  # the same for the frames of the GIF (smaller)
 Place = Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor, Tensor]]
 
@@ -398,14 +399,13 @@ def plot_dag(w: GraphWiring, path: str, label: str = "") -> str:
     fig = _figure(13, 6)
     grid = fig.add_gridspec(1, 2, width_ratios=[2.3, 1])
     ax = fig.add_subplot(grid[0])
-    order = values.abs().argsort()  # strong edges drawn last, on top
+    # legibility: only the strongest edges are drawn, weakest first; opacity grows with |w|
+    order = values.abs().argsort()[-_MAX_DRAWN:]
     vmax = float(values.abs().quantile(0.99)) if len(values) else 1.0
     norm = Normalize(-vmax, vmax)
-    # with thousands of edges, opacity grows with the rank of |w|: the strongest stand out
-    floor = min(0.5, max(0.015, 300 / max(len(values), 1)))
-    rank = torch.linspace(0, 1, len(values))
+    floor = min(0.6, max(0.05, 200 / max(len(order), 1)))
     colours = colormaps["coolwarm"](norm(values[order].numpy()))
-    colours[:, 3] = (floor + (0.9 - floor) * rank**6).numpy()
+    colours[:, 3] = (floor + (0.9 - floor) * torch.linspace(0, 1, len(order)) ** 3).numpy()
     lines = LineCollection(curves[order].numpy(), colors=colours, linewidths=0.5)
     ax.add_collection(lines)
     for i, size in enumerate(w.layers.sizes):
@@ -427,8 +427,12 @@ def plot_dag(w: GraphWiring, path: str, label: str = "") -> str:
     ax.set_xlim(-0.3, num_layers - 0.7)
     top = float(curves[..., 1].max()) if len(values) else 1.0
     ax.set_ylim(-0.02, max(1.02, top + 0.03))
+    drawn = f"the {len(order):,} strongest edges (|w|) of {len(values):,} drawn"
+    if len(order) == len(values):
+        drawn = "every kept edge drawn"
     ax.set_title(
-        "nodes (dots) by layer; edges that skip layers arc above; the larger |w|, the more opaque",
+        f"{drawn}, opacity growing with |w|\nnodes (dots) by layer; edges that skip layers arc "
+        "above",
         fontsize=9,
     )
     fig.colorbar(
