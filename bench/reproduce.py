@@ -358,13 +358,14 @@ def write_chart(path: str, protocol: Protocol, runs: dict) -> str:
             left.scatter([x] * len(values), values, color="black", s=10, zorder=3)
             left.text(x, mean + std + 0.3, f"{mean:.2f}", ha="center", fontsize=8)
     left.set_xticks(range(len(SETTINGS)), [SETTING_NAMES[s] for s in SETTINGS])
-    left.set_ylim(floor, 100)
+    left.set_xlim(-0.6, len(SETTINGS) - 0.4)
+    left.set_ylim(floor, min(100.0, max(tops, default=95.0) + 4))
     left.set_ylabel("top-1 on the 10k test set (%)")
     left.set_title(
         f"mean over seeds {list(protocol.seeds)} (dots: each seed; y axis starts at {floor:.0f}%)",
         fontsize=9,
     )
-    left.legend(loc="upper right", fontsize=8)
+    left.legend(loc="upper right", fontsize=8, ncols=2)
     for i, setting in enumerate(SETTINGS):
         paper = {w: top1 for s, _, w, top1 in ROWS if s == setting}
         right.scatter(

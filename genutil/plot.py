@@ -1,6 +1,7 @@
 """Wiring figures from checkpoints: adjacency, layered DAG, degree histograms, edge churn.
 
-    python -m genutil.plot <ckpt> [<ckpt> ...] --out fig/run_   (a prefix; or a folder/)
+    python -m genutil.plot <ckpt> [<ckpt> ...] --out fig/run    (fig/run_adjacency.png, ...)
+    python -m genutil.plot <run folder> --out fig/run/           (fig/run/adjacency.png, ...)
 
 One checkpoint gives, for every graph layer, (a) its adjacency (kept edges) as an image, (b) for
 a static DAG a layered node-link drawing with the edge weight as colour, and (c) in- and
@@ -560,7 +561,8 @@ def _target(out: str, kind: str, name: str, many: bool, ext: str = "png") -> str
     suffix = "_" + name.replace(".", "-") if many else ""
     if out.endswith(os.sep) or os.path.isdir(out):
         return os.path.join(out, f"{kind}{suffix}.{ext}")
-    return f"{out}_{kind}{suffix}.{ext}"
+    joiner = "" if out.endswith(("_", "-")) else "_"  # fig/run and fig/run_ name the same files
+    return f"{out}{joiner}{kind}{suffix}.{ext}"
 
 
 def plot_checkpoints(

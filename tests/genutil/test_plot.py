@@ -138,3 +138,15 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys, bad):
     assert plot.main([str(target), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "out, name, many, expected",
+    [
+        ("fig/run", "graph", False, "fig/run_dag.png"),
+        ("fig/run_", "graph", False, "fig/run_dag.png"),  # the README's spelling
+        ("fig/run/", "layers.3.graph", True, "fig/run/dag_layers-3-graph.png"),
+    ],
+)
+def test_output_names(out, name, many, expected):
+    assert plot._target(out, "dag", name, many) == expected
