@@ -22,7 +22,7 @@ import torch
 from torchvision import transforms
 
 from data._text import one_line
-from data.loaders import build_loader
+from data.loaders import build_loaders
 from data.tensor_dataset import TensorImageDataset
 from genutil.errors import ConfigError, DataError
 
@@ -202,19 +202,11 @@ class CIFAR10:
         self.val_dataset = TensorImageDataset(
             torch.from_numpy(test_images), torch.from_numpy(test_labels), val_transform
         )
-        self.train_loader = build_loader(
+        self.train_loader, self.val_loader = build_loaders(
             self.train_dataset,
-            batch_size=batch_size,
-            shuffle=True,
-            workers=workers,
-            pin_memory=pin_memory,
-            seed=seed,
-            distributed=distributed,
-        )
-        self.val_loader = build_loader(
             self.val_dataset,
-            batch_size=test_batch_size,
-            shuffle=False,
+            batch_size=batch_size,
+            test_batch_size=test_batch_size,
             workers=workers,
             pin_memory=pin_memory,
             seed=seed,

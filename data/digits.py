@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from data.loaders import build_loader
+from data.loaders import build_loaders
 from data.tensor_dataset import TensorImageDataset
 from genutil.errors import ConfigError
 
@@ -79,19 +79,11 @@ class Digits:
         self.train_dataset = TensorImageDataset(train_images, train_labels)
         self.val_dataset = TensorImageDataset(val_images, val_labels)
         logger.info("digits: %d train, %d val images", len(train_labels), len(val_labels))
-        self.train_loader = build_loader(
+        self.train_loader, self.val_loader = build_loaders(
             self.train_dataset,
-            batch_size=batch_size,
-            shuffle=True,
-            workers=workers,
-            pin_memory=pin_memory,
-            seed=seed,
-            distributed=distributed,
-        )
-        self.val_loader = build_loader(
             self.val_dataset,
-            batch_size=test_batch_size,
-            shuffle=False,
+            batch_size=batch_size,
+            test_batch_size=test_batch_size,
             workers=workers,
             pin_memory=pin_memory,
             seed=seed,

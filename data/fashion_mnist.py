@@ -23,7 +23,7 @@ from torchvision import transforms
 
 from data._text import one_line
 from data.idx import read_idx
-from data.loaders import build_loader
+from data.loaders import build_loaders
 from data.tensor_dataset import RepeatChannels, TensorImageDataset
 from genutil.errors import ConfigError, DataError
 
@@ -185,19 +185,11 @@ class FashionMNIST:
         self.val_dataset = TensorImageDataset(
             _pad(val_images, image_size), val_labels, val_transform
         )
-        self.train_loader = build_loader(
+        self.train_loader, self.val_loader = build_loaders(
             self.train_dataset,
-            batch_size=batch_size,
-            shuffle=True,
-            workers=workers,
-            pin_memory=pin_memory,
-            seed=seed,
-            distributed=distributed,
-        )
-        self.val_loader = build_loader(
             self.val_dataset,
-            batch_size=test_batch_size,
-            shuffle=False,
+            batch_size=batch_size,
+            test_batch_size=test_batch_size,
             workers=workers,
             pin_memory=pin_memory,
             seed=seed,

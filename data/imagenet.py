@@ -16,7 +16,7 @@ from typing import Any
 from torchvision import datasets, transforms
 
 from data._text import one_line
-from data.loaders import build_loader
+from data.loaders import build_loaders
 from genutil.errors import ConfigError, DataError
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImageNet", "open_image_folder"]
@@ -109,19 +109,11 @@ class ImageNet:
         )
         # The original reads its val loader's batch size from batch_size; its YAML files set
         # test_batch_size to the same value, so using test_batch_size changes nothing there.
-        self.train_loader = build_loader(
+        self.train_loader, self.val_loader = build_loaders(
             self.train_dataset,
-            batch_size=batch_size,
-            shuffle=True,
-            workers=workers,
-            pin_memory=pin_memory,
-            seed=seed,
-            distributed=distributed,
-        )
-        self.val_loader = build_loader(
             self.val_dataset,
-            batch_size=test_batch_size,
-            shuffle=False,
+            batch_size=batch_size,
+            test_batch_size=test_batch_size,
             workers=workers,
             pin_memory=pin_memory,
             seed=seed,

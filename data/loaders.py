@@ -34,6 +34,7 @@ __all__ = [
     "ShardSampler",
     "build_loader",
     "epoch_seed",
+    "build_loaders",
     "set_epoch",
 ]
 
@@ -179,6 +180,25 @@ def build_loader(
         distributed,
     )
     return loader
+
+
+def build_loaders(
+    train: Dataset,
+    val: Dataset,
+    *,
+    batch_size: int,
+    test_batch_size: int,
+    workers: int,
+    pin_memory: bool,
+    seed: int,
+    distributed: bool = False,
+) -> tuple[SeededLoader, SeededLoader]:
+    """The (shuffled train, in-order val) pair every dataset class hands the trainer."""
+    common = dict(workers=workers, pin_memory=pin_memory, seed=seed, distributed=distributed)
+    return (
+        build_loader(train, batch_size=batch_size, shuffle=True, **common),
+        build_loader(val, batch_size=test_batch_size, shuffle=False, **common),
+    )
 
 
 def set_epoch(loader: DataLoader, epoch: int) -> None:
