@@ -25,6 +25,7 @@ continues from its ``last.pt``. Writes ``<out>/results_fashion_mnist[_<protocol>
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -418,6 +419,24 @@ def _wiring_figures(runs: dict, out: str, suffix: str) -> list[str]:
     return written
 
 
+def _run_parallel(protocol: Protocol, args, argv: list) -> list:
+    """Every unfinished run of the table in its own process, ``args.jobs`` at a time; the
+    runs that did not finish (their ``STEM:SEED``)."""
+    import subprocess  # noqa: PLC0415
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    todo = [f"{stem}:{seed}" for seed in protocol.seeds
+            for setting, stem, _, _ in ROWS if setting in protocol.settings]
+    base = [sys.executable, os.path.abspath(__file__), *argv]
+
+    def one(run: str) -> bool:
+        return subprocess.run([*base, "--run", run]).returncode == 0
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        done = list(pool.map(one, todo))
+    return [run for run, ok in zip(todo, done) if not ok]
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Command line; a bad input (missing data, bad option) is one line and exit code 2."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -446,14 +465,35 @@ def main(argv: Optional[list[str]] = None) -> int:
         action="store_false",
         help="skip the wiring figures of the DNW rows",
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at a time, each in its own process (several tiny models share one GPU well)",
+    )
+    parser.add_argument("--run", help=argparse.SUPPRESS)  # STEM:SEED, one run (used by --jobs)
     args = parser.parse_args(argv)
     protocol = _protocol(args)
+    if args.jobs < 1:
+        print("error: --jobs must be at least 1", file=sys.stderr)
+        return 2
     try:
         from data.fashion_mnist import find_fashion_mnist  # noqa: PLC0415
         from genutil.log import setup_logging  # noqa: PLC0415
 
         find_fashion_mnist(args.data_dir, download=False)  # one clear line before any training
         setup_logging()
+        if args.run:  # one run of a --jobs invocation
+            stem, seed = args.run.rsplit(":", 1)
+            setting = next(s for s, st, _, _ in ROWS if st == stem)
+            return 0 if run_row(stem, setting, int(seed), protocol, args) else 130
+        start = time.perf_counter()
+        if args.jobs > 1:
+            failed = _run_parallel(protocol, args, argv if argv is not None else sys.argv[1:])
+            if failed:
+                print(f"stopped or failed: {', '.join(failed)}; run the same command again to "
+                      "continue", file=sys.stderr)
+                return 130
         runs: dict = {}
         for seed in protocol.seeds:  # seed-major: an early stop still leaves whole comparisons
             for setting, stem, wiring, _ in ROWS:
@@ -466,6 +506,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         os.makedirs(args.out, exist_ok=True)
         name = "results_fashion_mnist" + ("" if protocol.name == "cpu" else f"_{protocol.name}")
         total = sum(r["wall_s"] for results in runs.values() for r in results)
+        if args.jobs > 1:  # runs overlapped: the table's wall time is the elapsed time
+            total = time.perf_counter() - start
+            protocol = dataclasses.replace(
+                protocol, changes=protocol.changes + (f"{args.jobs} runs at a time",))
         written = [
             write_markdown(os.path.join(args.out, name + ".md"), protocol, runs, total),
             write_chart(os.path.join(args.out, name + ".png"), protocol, runs),

@@ -145,9 +145,15 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             for mode in args.modes:
                 batch = args.train_batch if mode == "train" else args.eval_batch
-                r = measure(app, weights, mode, device=device, batch=batch, warmup=args.warmup,
-                            steps=args.steps, amp=args.amp, compile_=args.compile,
-                            channels_last=args.channels_last)
+                try:
+                    r = measure(app, weights, mode, device=device, batch=batch,
+                                warmup=args.warmup, steps=args.steps, amp=args.amp,
+                                compile_=args.compile, channels_last=args.channels_last)
+                except Exception as e:  # one row's failure (say, compile) is a row of the table
+                    print(f"| {os.path.basename(app)[:-4]} | {weights} | {mode} | {batch} | "
+                          f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]} |||",
+                          flush=True)
+                    continue
                 orig = ORIGINAL.get((app, mode)) if device.type == "cpu" else None
                 ratio = f"{r['images_per_s'] / orig:.2f}x" if orig else "-"
                 nfe = f" (nfe {r['nfe']})" if "nfe" in r else ""

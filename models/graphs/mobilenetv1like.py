@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models.graphs.edges import Graph, make_graph
+from models.graphs.ops import graph_conv, weight_slices
 
 __all__ = [
     "BLOCK_CFG",
@@ -130,17 +131,28 @@ class Block(nn.Module):
         inp, oup = self.inp, self.oup
         x = F.relu(self.norm[0](x), inplace=True)
         x = self.downsample(x)
-        # state: the accumulated input of every not-yet-processed target node
-        x = F.conv2d(x, w[:, :inp])  # [B, oup * blocks, H, W]
+        # The out-edges of the inputs (to every target layer) and of layer i (to the layers
+        # after it, reference README 4.3); their column ranges never overlap.
+        edges = weight_slices(
+            w,
+            [(slice(None), slice(0, inp))]
+            + [
+                (slice((i + 1) * oup, None), slice(inp + i * oup, inp + (i + 1) * oup))
+                for i in range(self.blocks - 1)
+            ],
+        )
+        # The accumulated input of each target layer, kept per layer (the original keeps one
+        # tensor and slices it, which costs a zero-filled full-size gradient per slice).
+        layers = list(graph_conv(x, edges[0]).split(oup, dim=1))
         for i in range(self.blocks - 1):
-            active = F.relu(self.norm[i + 1](x[:, :oup]), inplace=True)
+            active = F.relu(self.norm[i + 1](layers[i]), inplace=True)
             active = F.conv2d(
                 active, self.conv.weight[i * oup : (i + 1) * oup], padding=1, groups=oup
             )
-            cols = slice(inp + i * oup, inp + (i + 1) * oup)
-            # layer i feeds only later layers: the rows after its own (reference README 4.3)
-            x = x[:, oup:] + F.conv2d(active, w[(i + 1) * oup :, cols])
-        return x  # [B, oup, H, W]: the output nodes
+            out = graph_conv(active, edges[i + 1]).split(oup, dim=1)
+            for j, part in enumerate(out, start=i + 1):
+                layers[j] = layers[j] + part
+        return layers[-1]  # [B, oup, H, W]: the output nodes
 
     def extra_repr(self) -> str:
         return (

@@ -1,0 +1,179 @@
+"""The CPU fast paths give the math of the plain ops: outputs and every gradient."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from genutil import api
+from models.graphs import ops
+from models.graphs.edges import kth_smallest, topk_mask
+from models.graphs.mobilenetv1like import Block
+from models.graphs.ops import graph_conv, instance_norm, sparse_weight, weight_slices
+
+
+def _sparse(o, i, density, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(o, i, 1, 1, generator=g)
+    return w * (torch.rand(o, i, 1, 1, generator=g) < density)
+
+
+def _close(a, b, rel=1e-5, atol=0.0):
+    assert (a - b).abs().max().item() <= rel * b.abs().max().item() + atol
+
+
+@pytest.mark.parametrize("o,i,hw", [(48, 40, 8), (100, 192, 4), (30, 64, 1)])
+def test_graph_conv_equals_conv2d_with_gradients(o, i, hw):
+    w0 = _sparse(o, i, 0.05)
+    x0 = torch.randn(5, i, hw, hw)
+    sw = sparse_weight(w0)
+    assert sw is not None  # 5 % of the edges: the sparse path is taken
+    got, ref = [], []
+    for out, fn in ((got, lambda x, w: graph_conv(x, w)), (ref, F.conv2d)):
+        x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+        y = fn(x, w)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        out += [y.detach(), x.grad, w.grad]
+    for a, b in zip(got, ref):
+        _close(a, b)
+    # the weight gradient is dense: pruned edges get theirs too (straight-through)
+    assert (got[2][w0 == 0] != 0).any()
+    with torch.no_grad():
+        _close(graph_conv(x0, w0), F.conv2d(x0, w0))
+
+
+def test_graph_conv_takes_the_dense_path_when_the_weight_is_dense():
+    w = torch.randn(20, 20, 1, 1)
+    assert sparse_weight(w) is None
+    x = torch.randn(2, 20, 3, 3)
+    assert torch.equal(graph_conv(x, w), F.conv2d(x, w))
+
+
+def test_weight_slices_give_the_gradient_of_plain_slicing():
+    w0 = torch.randn(10, 12, 1, 1)
+    regions = [
+        (slice(None), slice(0, 4)), (slice(3, None), slice(4, 9)), (slice(8, 10), slice(9, 12))
+    ]
+    grads = []
+    for take in (lambda w: weight_slices(w, regions), lambda w: [w[r] for r in regions]):
+        w = w0.clone().requires_grad_()
+        parts = take(w)
+        sum((p * (k + 2)).pow(2).sum() for k, p in enumerate(parts)).backward()
+        grads.append(w.grad)
+        assert all(torch.equal(p.detach(), w0[r]) for p, r in zip(parts, regions))
+    assert torch.equal(grads[0], grads[1])
+
+
+def test_instance_norm_fast_path_equals_the_module():
+    norm = torch.nn.InstanceNorm2d(6, affine=True)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2)
+        norm.bias.uniform_(-1, 1)
+    x = torch.randn(4, 6, 5, 5)
+    _close(instance_norm(x, norm), norm(x))
+    _close(instance_norm(x[:, 2:], norm, lo=2), norm(x)[:, 2:])
+
+
+@pytest.mark.parametrize("n", [1000, 3_000_000])
+def test_kth_smallest_equals_kthvalue(n):
+    flat = torch.randn(n, generator=torch.Generator().manual_seed(n)).abs()
+    for k in (1, 2, n // 3, int(0.95 * n), n - 1, n):
+        assert kth_smallest(flat, k) == torch.kthvalue(flat, k).values
+
+
+def test_kth_smallest_is_exact_when_the_sample_misleads():
+    n = 2_000_000
+    flat = torch.rand(n)
+    flat[:: n // 65536] = 10.0  # every sampled entry is the largest value: bracket misses
+    k = n // 2
+    assert kth_smallest(flat, k) == torch.kthvalue(flat, k).values
+
+
+def test_topk_with_ties_in_a_large_matrix_keeps_the_budget():
+    scores = torch.randint(0, 50, (1500, 1000)).float()  # many ties at any threshold
+    keep = topk_mask(scores, 75_000)
+    assert int(keep.sum()) == 75_000
+    assert scores[keep].min() >= scores[~keep].max()
+
+
+def _reference_static(m, x):
+    """The original's formulation: one [B, dim] state sliced by every step, dense convs."""
+    state = m._nodes(x)
+    w = m.graph.get_weight()
+    for i in range(m.layers):
+        lo, hi = m.block_rng[i], m.block_rng[i + 1]
+        h = m.relu(m.norm[i](state[:, : m.block_sz[i]]))
+        h = F.conv2d(h, m.conv.weight[lo:hi], padding=1, groups=m.block_sz[i])
+        h = F.conv2d(h, w[m.targets[i] :, lo:hi])
+        keep = state[:, m.block_sz[i] :] if i < m.layers - 1 else state[:, -m.feature_dim :]
+        state = keep + h
+    return m._readout(state)
+
+
+def _reference_discrete(m, x):
+    """Every step on all ``dim`` nodes, dense convs, the module InstanceNorm."""
+    out = m._nodes(x)
+    w = m.graph.get_weight()
+    for _ in range(m.layers):
+        out = m.norm(F.conv2d(m.conv(F.relu(out)), w))
+    return m._readout(out[:, -m.feature_dim :])
+
+
+@pytest.mark.parametrize(
+    "app,reference",
+    [
+        ("apps/small_scale/static_dnw.yml", _reference_static),
+        ("apps/small_scale/discrete_time_dnw.yml", _reference_discrete),
+        ("apps/small_scale/discrete_time_random_graph.yml", _reference_discrete),
+    ],
+)
+def test_tiny_models_equal_the_original_formulation_in_a_training_step(app, reference):
+    torch.manual_seed(0)
+    model = api.build_model(app).train()
+    x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))
+    results = []
+    for forward in (model, lambda t: reference(model, t)):
+        model.zero_grad(set_to_none=True)
+        logits = forward(x)
+        F.cross_entropy(logits, y).backward()
+        results.append((logits.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (got, got_grads), (ref, ref_grads) = results
+    _close(got, ref)
+    for name, g in ref_grads.items():
+        # atol: some true gradients are 0 (a conv bias before a BatchNorm), both sides noise
+        _close(got_grads[name], g, rel=1e-4, atol=1e-6)
+
+
+def test_medium_block_equals_the_sliced_state_formulation_in_a_training_step():
+    torch.manual_seed(0)
+    block = Block(inp=16, oup=24, stride=1, blocks=4, net_prune_rate=0.6, graph="dnw").train()
+    x = torch.randn(3, 16, 6, 6)
+
+    def reference(t):
+        w = block.get_weight()
+        t = block.downsample(F.relu(block.norm[0](t)))
+        s = F.conv2d(t, w[:, :16])
+        for i in range(3):
+            a = F.relu(block.norm[i + 1](s[:, :24]))
+            a = F.conv2d(a, block.conv.weight[i * 24 : (i + 1) * 24], padding=1, groups=24)
+            s = s[:, 24:] + F.conv2d(a, w[(i + 1) * 24 :, 16 + i * 24 : 16 + (i + 1) * 24])
+        return s
+
+    results = []
+    for forward in (block, reference):
+        block.zero_grad(set_to_none=True)
+        out = forward(x)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out.detach(), {n: p.grad for n, p in block.named_parameters()}))
+    _close(results[0][0], results[1][0])
+    for name, g in results[1][1].items():
+        _close(results[0][1][name], g, rel=1e-4)
+
+
+def test_fast_paths_can_be_switched_off():
+    assert ops.cpu_fast_paths() is True
+    try:
+        ops.cpu_fast_paths(False)
+        w = _sparse(30, 30, 0.05)
+        assert sparse_weight(w) is None
+    finally:
+        ops.cpu_fast_paths(True)
