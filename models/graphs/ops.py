@@ -12,8 +12,8 @@ depthwise convolution and the InstanceNorm.
 - ``instance_norm``: ``group_norm`` with one channel per group is the same normalisation and is
   about 3x faster than ``instance_norm`` forward and backward.
 
-Everything else (GPU, other dtypes, autocast, TorchScript) takes the plain torch op; results
-equal the plain ops' up to the order of the float sums.
+Everything else (GPU, other dtypes, autocast, TorchScript, torch.compile) takes the plain torch
+op; results equal the plain ops' up to the order of the float sums.
 """
 
 from __future__ import annotations
@@ -46,10 +46,25 @@ def _fast_cpu(x: Tensor) -> bool:
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and x.dim() == 4
-        and not torch.is_autocast_enabled("cpu")
+        and not _autocast_on_cpu()
         and not torch.jit.is_scripting()
         and not torch.jit.is_tracing()
+        and not _compiling()
     )
+
+
+def _autocast_on_cpu() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 (the DGL environment's 2.2)
+        return torch.is_autocast_cpu_enabled()
+
+
+def _compiling() -> bool:
+    """Under torch.compile the plain ops are traced (a per-sample Python loop over CSR
+    products is not something to compile); torch 2.2 has no ``torch.compiler.is_compiling``."""
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler and getattr(compiler, "is_compiling", lambda: False)())
 
 
 def _csr(w2d: Tensor) -> Tensor:
@@ -114,7 +129,7 @@ class SparseWeight:
 
 def sparse_weight(w: Tensor) -> SparseWeight | None:
     """The CSR forms of ``w`` if the sparse path pays for it, else None."""
-    if not _ENABLED or w.device.type != "cpu" or w.dtype != torch.float32:
+    if not _ENABLED or w.device.type != "cpu" or w.dtype != torch.float32 or _compiling():
         return None
     w2d = w.detach().reshape(w.shape[0], -1)
     if int(torch.count_nonzero(w2d)) > SPARSE_MAX_DENSITY * w2d.numel():
