@@ -162,8 +162,11 @@ def run_row(stem: str, setting: str, seed: int, protocol: Protocol, args) -> Opt
             log_file.write(line + "\n")
 
         start = time.perf_counter()
-        run(cfg, title, write=write)
-        wall = time.perf_counter() - start
+        try:
+            run(cfg, title, write=write)
+        finally:  # a stopped run's time counts too: the rerun adds its own
+            wall = _add_time(os.path.join(args.work, "logs", title + ".seconds"),
+                             time.perf_counter() - start)
     ckpt = read_checkpoint(last)
     if int(ckpt.get("epoch", -1)) != epochs or ckpt.get("batch", 0):
         return None  # stopped by a signal: the next invocation continues it
@@ -196,6 +199,19 @@ def run_row(stem: str, setting: str, seed: int, protocol: Protocol, args) -> Opt
         json.dump(result, f, indent=1)
     os.replace(tmp, result_path)  # a kill never leaves half a result that a rerun would trust
     return result
+
+
+def _add_time(path: str, seconds: float) -> float:
+    """Add ``seconds`` to the running total kept in ``path``; the new total."""
+    total = seconds
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    if os.path.exists(path):
+        with open(path) as f:
+            total += float(f.read().strip() or 0)
+    with open(path + ".tmp", "w") as f:
+        f.write(f"{total:.3f}\n")
+    os.replace(path + ".tmp", path)
+    return total
 
 
 def _why_not_run(setting: str, protocol: Protocol) -> str:
@@ -290,7 +306,7 @@ def write_markdown(path: str, protocol: Protocol, runs: dict, total_s: float) ->
         f"CIFAR-10 tiny classifiers (800 nodes, 95% of edges removed).{changed} Params: "
         "kept-edge budget plus 9 per node with an out-edge (the paper's count; stem and "
         "classifier not counted). Wall time: both seeds, training and evaluation"
-        + (" († a resumed run: only its last part is timed)" if "†" in "".join(lines) else "")
+        + (" († resumed: the time of every part, added up)" if "†" in "".join(lines) else "")
         + ". The paper column is the authors' CIFAR-10 result after 160 "
         "epochs: another dataset and budget, to compare the direction of the gap only.",
         "",
@@ -298,13 +314,16 @@ def write_markdown(path: str, protocol: Protocol, runs: dict, total_s: float) ->
         "",
     ]
     lines += [f"- {g}" for g in gaps] or ["- no setting has both rows finished"]
-    loads = [r["load_avg_15min"] for rs in runs.values() for r in rs if "load_avg_15min" in r]
-    if loads and max(loads) > (os.cpu_count() or 1):
+    busy = [r for rs in runs.values() for r in rs
+            if r.get("load_avg_15min", 0) > r.get("cpu_count", os.cpu_count() or 1)]
+    if busy:
+        loads = [r["load_avg_15min"] for r in busy]
         lines += [
             "",
             f"The machine was shared while this table was made: its 15-minute load "
-            f"average was {min(loads):.1f} to {max(loads):.1f} on {os.cpu_count()} cores "
-            "at the ends of the runs, so the wall times are longer than on an idle machine.",
+            f"average was {min(loads):.1f} to {max(loads):.1f} on {busy[0]['cpu_count']} "
+            "cores at the ends of the runs, so the wall times are longer than on an idle "
+            "machine.",
         ]
     lines += [
         "",
@@ -488,8 +507,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             setting = next(s for s, st, _, _ in ROWS if st == stem)
             return 0 if run_row(stem, setting, int(seed), protocol, args) else 130
         start = time.perf_counter()
+        table_time = os.path.join(args.work, "logs", f"table_{protocol.name}.seconds")
         if args.jobs > 1:
             failed = _run_parallel(protocol, args, argv if argv is not None else sys.argv[1:])
+            elapsed = _add_time(table_time, time.perf_counter() - start)
             if failed:
                 print(f"stopped or failed: {', '.join(failed)}; run the same command again to "
                       "continue", file=sys.stderr)
@@ -507,7 +528,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         name = "results_fashion_mnist" + ("" if protocol.name == "cpu" else f"_{protocol.name}")
         total = sum(r["wall_s"] for results in runs.values() for r in results)
         if args.jobs > 1:  # runs overlapped: the table's wall time is the elapsed time
-            total = time.perf_counter() - start
+            total = elapsed
             protocol = dataclasses.replace(
                 protocol, changes=protocol.changes + (f"{args.jobs} runs at a time",))
         written = [

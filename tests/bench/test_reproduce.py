@@ -94,3 +94,26 @@ def test_missing_data_is_one_line(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: Fashion-MNIST not found") and err.count("\n") == 1
     assert "apt-get install -y dataset-fashion-mnist" in err
+
+
+def test_jobs_run_in_parallel_processes_and_times_add_up(tiny, capsys):
+    tmp_path, argv = tiny
+    assert reproduce.main(argv + ["--jobs", "2"]) == 0
+    results = sorted(glob.glob(str(tmp_path / "work" / "results" / "*.json")))
+    assert len(results) == 2
+    for path in results:
+        with open(path) as f:
+            result = json.load(f)
+        seconds = tmp_path / "work" / "logs" / (result["title"] + ".seconds")
+        assert abs(float(seconds.read_text()) - result["wall_s"]) < 1e-2 and result["wall_s"] > 0
+    table = (tmp_path / "fig" / "results_fashion_mnist.md").read_text()
+    assert "2 runs at a time" in table
+    elapsed = float((tmp_path / "work" / "logs" / "table_cpu.seconds").read_text())
+    assert f"wall time of the whole table {reproduce._duration(elapsed)}" in table
+
+
+def test_add_time_keeps_a_running_total(tmp_path):
+    path = str(tmp_path / "logs" / "run.seconds")
+    assert reproduce._add_time(path, 1.5) == 1.5
+    assert reproduce._add_time(path, 2.25) == 3.75
+    assert float(open(path).read()) == 3.75
