@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bench.vs_original import original_discrete, original_static
 from genutil import api
 from models.graphs import ops
 from models.graphs.edges import kth_smallest, topk_mask
@@ -95,38 +96,16 @@ def test_topk_with_ties_in_a_large_matrix_keeps_the_budget():
     assert scores[keep].min() >= scores[~keep].max()
 
 
-def _reference_static(m, x):
-    """The original's formulation: one [B, dim] state sliced by every step, dense convs."""
-    state = m._nodes(x)
-    w = m.graph.get_weight()
-    for i in range(m.layers):
-        lo, hi = m.block_rng[i], m.block_rng[i + 1]
-        h = m.relu(m.norm[i](state[:, : m.block_sz[i]]))
-        h = F.conv2d(h, m.conv.weight[lo:hi], padding=1, groups=m.block_sz[i])
-        h = F.conv2d(h, w[m.targets[i] :, lo:hi])
-        keep = state[:, m.block_sz[i] :] if i < m.layers - 1 else state[:, -m.feature_dim :]
-        state = keep + h
-    return m._readout(state)
-
-
-def _reference_discrete(m, x):
-    """Every step on all ``dim`` nodes, dense convs, the module InstanceNorm."""
-    out = m._nodes(x)
-    w = m.graph.get_weight()
-    for _ in range(m.layers):
-        out = m.norm(F.conv2d(m.conv(F.relu(out)), w))
-    return m._readout(out[:, -m.feature_dim :])
-
-
 @pytest.mark.parametrize(
     "app,reference",
     [
-        ("apps/small_scale/static_dnw.yml", _reference_static),
-        ("apps/small_scale/discrete_time_dnw.yml", _reference_discrete),
-        ("apps/small_scale/discrete_time_random_graph.yml", _reference_discrete),
+        ("apps/small_scale/static_dnw.yml", original_static),
+        ("apps/small_scale/discrete_time_dnw.yml", original_discrete),
+        ("apps/small_scale/discrete_time_random_graph.yml", original_discrete),
     ],
 )
 def test_tiny_models_equal_the_original_formulation_in_a_training_step(app, reference):
+    """Ours against the original's way (bench/vs_original.py: dense, sliced state, full sort)."""
     torch.manual_seed(0)
     model = api.build_model(app).train()
     x, y = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))
