@@ -51,8 +51,11 @@ def resume_command(argv: list[str]) -> str:
     args = shlex.join([sys.argv[0] or "main.py", *kept, "--resume", "auto"])
     if "LOCAL_WORLD_SIZE" in os.environ and "WORLD_SIZE" in os.environ:
         local, world = os.environ["LOCAL_WORLD_SIZE"], os.environ["WORLD_SIZE"]
-        launcher = (f"torchrun --nproc_per_node {local}" if local == world
-                    else "torchrun <the same torchrun options>")
+        launcher = (
+            f"torchrun --nproc_per_node {local}"
+            if local == world
+            else "torchrun <the same torchrun options>"
+        )
         return f"{launcher} {args}"
     return f"{shlex.quote(sys.executable)} {args}"
 
@@ -75,8 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging()
         if rank:
             logging.getLogger().setLevel(logging.WARNING)
-        run(cfg, run_title(app, overrides), print if rank == 0 else (lambda _: None),
-            resume_command(argv))
+        run(
+            cfg,
+            run_title(app, overrides),
+            print if rank == 0 else (lambda _: None),
+            resume_command(argv),
+        )
     except UserError as e:
         prefix = f"[rank {rank}] " if rank else ""
         print(f"{prefix}error: {e}", file=sys.stderr)

@@ -165,8 +165,9 @@ def run_row(stem: str, setting: str, seed: int, protocol: Protocol, args) -> Opt
         try:
             run(cfg, title, write=write)
         finally:  # a stopped run's time counts too: the rerun adds its own
-            wall = _add_time(os.path.join(args.work, "logs", title + ".seconds"),
-                             time.perf_counter() - start)
+            wall = _add_time(
+                os.path.join(args.work, "logs", title + ".seconds"), time.perf_counter() - start
+            )
     ckpt = read_checkpoint(last)
     if int(ckpt.get("epoch", -1)) != epochs or ckpt.get("batch", 0):
         return None  # stopped by a signal: the next invocation continues it
@@ -314,8 +315,12 @@ def write_markdown(path: str, protocol: Protocol, runs: dict, total_s: float) ->
         "",
     ]
     lines += [f"- {g}" for g in gaps] or ["- no setting has both rows finished"]
-    busy = [r for rs in runs.values() for r in rs
-            if r.get("load_avg_15min", 0) > r.get("cpu_count", os.cpu_count() or 1)]
+    busy = [
+        r
+        for rs in runs.values()
+        for r in rs
+        if r.get("load_avg_15min", 0) > r.get("cpu_count", os.cpu_count() or 1)
+    ]
     if busy:
         loads = [r["load_avg_15min"] for r in busy]
         lines += [
@@ -444,8 +449,12 @@ def _run_parallel(protocol: Protocol, args, argv: list) -> list:
     import subprocess  # noqa: PLC0415
     from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
 
-    todo = [f"{stem}:{seed}" for seed in protocol.seeds
-            for setting, stem, _, _ in ROWS if setting in protocol.settings]
+    todo = [
+        f"{stem}:{seed}"
+        for seed in protocol.seeds
+        for setting, stem, _, _ in ROWS
+        if setting in protocol.settings
+    ]
     base = [sys.executable, os.path.abspath(__file__), *argv]
 
     def one(run: str) -> bool:
@@ -512,8 +521,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             failed = _run_parallel(protocol, args, argv if argv is not None else sys.argv[1:])
             elapsed = _add_time(table_time, time.perf_counter() - start)
             if failed:
-                print(f"stopped or failed: {', '.join(failed)}; run the same command again to "
-                      "continue", file=sys.stderr)
+                print(
+                    f"stopped or failed: {', '.join(failed)}; run the same command again to "
+                    "continue",
+                    file=sys.stderr,
+                )
                 return 130
         runs: dict = {}
         for seed in protocol.seeds:  # seed-major: an early stop still leaves whole comparisons
@@ -530,7 +542,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.jobs > 1:  # runs overlapped: the table's wall time is the elapsed time
             total = elapsed
             protocol = dataclasses.replace(
-                protocol, changes=protocol.changes + (f"{args.jobs} runs at a time",))
+                protocol, changes=protocol.changes + (f"{args.jobs} runs at a time",)
+            )
         written = [
             write_markdown(os.path.join(args.out, name + ".md"), protocol, runs, total),
             write_chart(os.path.join(args.out, name + ".png"), protocol, runs),

@@ -71,9 +71,19 @@ def _median_step(step, device: torch.device, warmup: int, steps: int) -> float:
     return statistics.median(times)
 
 
-def measure(app: str, weights: str, mode: str, *, device: torch.device, batch: int,
-            warmup: int, steps: int, amp: str = "", compile_: bool = False,
-            channels_last: bool = False) -> dict:
+def measure(
+    app: str,
+    weights: str,
+    mode: str,
+    *,
+    device: torch.device,
+    batch: int,
+    warmup: int,
+    steps: int,
+    amp: str = "",
+    compile_: bool = False,
+    channels_last: bool = False,
+) -> dict:
     """Median-step throughput of one experiment in ``mode`` train | eval."""
     torch.manual_seed(0)
     model = api.build_model(app)
@@ -87,8 +97,11 @@ def measure(app: str, weights: str, mode: str, *, device: torch.device, batch: i
         model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     net = torch.compile(model) if compile_ else model
-    ctx = (torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-           if amp else torch.autocast(device.type, enabled=False))
+    ctx = (
+        torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+        if amp
+        else torch.autocast(device.type, enabled=False)
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
 
     def train_step() -> None:
@@ -111,8 +124,15 @@ def measure(app: str, weights: str, mode: str, *, device: torch.device, batch: i
     extra = {}
     if hasattr(model, "nfe"):
         extra["nfe"] = model.nfe  # ODE function evaluations of the last forward
-    return {"app": app, "weights": weights, "mode": mode, "batch": batch, "median_s": median,
-            "images_per_s": batch / median, **extra}
+    return {
+        "app": app,
+        "weights": weights,
+        "mode": mode,
+        "batch": batch,
+        "median_s": median,
+        "images_per_s": batch / median,
+        **extra,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,10 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    print(f"# torch {torch.__version__}, device {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-          + f", threads {torch.get_num_threads()}, amp {args.amp or 'off'}, "
-          f"compile {args.compile}, channels_last {args.channels_last}")
+    print(
+        f"# torch {torch.__version__}, device {device}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+        + f", threads {torch.get_num_threads()}, amp {args.amp or 'off'}, "
+        f"compile {args.compile}, channels_last {args.channels_last}"
+    )
     print("| experiment | weights | mode | batch | median step (s) | images/s | original | ratio |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for app in args.apps:
@@ -146,20 +168,33 @@ def main(argv: list[str] | None = None) -> int:
             for mode in args.modes:
                 batch = args.train_batch if mode == "train" else args.eval_batch
                 try:
-                    r = measure(app, weights, mode, device=device, batch=batch,
-                                warmup=args.warmup, steps=args.steps, amp=args.amp,
-                                compile_=args.compile, channels_last=args.channels_last)
+                    r = measure(
+                        app,
+                        weights,
+                        mode,
+                        device=device,
+                        batch=batch,
+                        warmup=args.warmup,
+                        steps=args.steps,
+                        amp=args.amp,
+                        compile_=args.compile,
+                        channels_last=args.channels_last,
+                    )
                 except Exception as e:  # one row's failure (say, compile) is a row of the table
-                    print(f"| {os.path.basename(app)[:-4]} | {weights} | {mode} | {batch} | "
-                          f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]} |||",
-                          flush=True)
+                    print(
+                        f"| {os.path.basename(app)[:-4]} | {weights} | {mode} | {batch} | "
+                        f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120]} |||",
+                        flush=True,
+                    )
                     continue
                 orig = ORIGINAL.get((app, mode)) if device.type == "cpu" else None
                 ratio = f"{r['images_per_s'] / orig:.2f}x" if orig else "-"
                 nfe = f" (nfe {r['nfe']})" if "nfe" in r else ""
-                print(f"| {os.path.basename(app)[:-4]} | {weights} | {mode}{nfe} | {batch} | "
-                      f"{r['median_s']:.3f} | {r['images_per_s']:.0f} | {orig or '-'} | {ratio} |",
-                      flush=True)
+                print(
+                    f"| {os.path.basename(app)[:-4]} | {weights} | {mode}{nfe} | {batch} | "
+                    f"{r['median_s']:.3f} | {r['images_per_s']:.0f} | {orig or '-'} | {ratio} |",
+                    flush=True,
+                )
     return 0
 
 

@@ -104,8 +104,13 @@ def compare(app: str, rounds: int, batch: int = 128) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--apps", nargs="+", default=list(FORMULATIONS), choices=list(FORMULATIONS))
-    p.add_argument("--rounds", type=int, nargs="+", default=[20, 6],
-                   help="rounds per experiment (one number for all, or one each)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        nargs="+",
+        default=[20, 6],
+        help="rounds per experiment (one number for all, or one each)",
+    )
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -116,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     for app, n in zip(args.apps, rounds):
         r = compare(app, n)
         ours, orig = r["ours"], r["original's formulation"]
-        print(f"| {os.path.basename(app)[:-4]} | {ours:.3f} | {orig:.3f} | {orig / ours:.2f}x |",
-              flush=True)
+        print(
+            f"| {os.path.basename(app)[:-4]} | {ours:.3f} | {orig:.3f} | {orig / ours:.2f}x |",
+            flush=True,
+        )
     return 0
 
 

@@ -1,7 +1,7 @@
 """Public API for notebooks, tests and tools; main.py uses it like any other caller.
 
-    model = build_model("apps/small_scale/static_dnw.yml", prune_rate=0.9)
-    meta = load_checkpoint(model, "checkpoints/<title>/best.pt")
+model = build_model("apps/small_scale/static_dnw.yml", prune_rate=0.9)
+meta = load_checkpoint(model, "checkpoints/<title>/best.pt")
 """
 
 from __future__ import annotations
@@ -118,6 +118,8 @@ def prepare_for_eval(
             lines.append("export: the dgl backend cannot be saved; writing the sparse backend")
         device = next(iter(source.buffers())).device
         diff = export_model(source, export, example.to(device))
-        lines.append(f"exported the shrunk model to {export} (TorchScript; reloaded, max |diff| "
-                     f"{diff:.1e}); load it with torch.jit.load")
+        lines.append(
+            f"exported the shrunk model to {export} (TorchScript; reloaded, max |diff| "
+            f"{diff:.1e}); load it with torch.jit.load"
+        )
     return shrunk, lines

@@ -63,10 +63,16 @@ def _allowlist() -> list:
     try:
         from numpy.core.multiarray import _reconstruct, scalar  # noqa: PLC0415
 
-        items += [(_reconstruct, "numpy.core.multiarray._reconstruct"),
-                  (scalar, "numpy.core.multiarray.scalar"), np.ndarray, np.dtype]
-        items += [(_reconstruct, "numpy._core.multiarray._reconstruct"),
-                  (scalar, "numpy._core.multiarray.scalar")]
+        items += [
+            (_reconstruct, "numpy.core.multiarray._reconstruct"),
+            (scalar, "numpy.core.multiarray.scalar"),
+            np.ndarray,
+            np.dtype,
+        ]
+        items += [
+            (_reconstruct, "numpy._core.multiarray._reconstruct"),
+            (scalar, "numpy._core.multiarray.scalar"),
+        ]
         items += [type(np.dtype(t)) for t in ("float32", "float64", "int64", "uint8", "bool")]
     except ImportError:  # pragma: no cover - numpy layout differs
         pass
@@ -129,11 +135,15 @@ def _refusal(path: str, message: str) -> str:
     found = re.search(r"GLOBAL (\S+)|Unsupported class (\S+)", message)
     if found:
         what = found.group(1) or found.group(2)
-        return (f"checkpoint {path} refused: its pickle would load {what}, which is not "
-                "weights: only load files you trust, re-saved as plain tensors")
+        return (
+            f"checkpoint {path} refused: its pickle would load {what}, which is not "
+            "weights: only load files you trust, re-saved as plain tensors"
+        )
     if "Weights only load failed" in message:
-        return (f"checkpoint {path} refused: it is not a weights-only torch file (a plain pickle "
-                "or another format): give a checkpoint written by torch.save")
+        return (
+            f"checkpoint {path} refused: it is not a weights-only torch file (a plain pickle "
+            "or another format): give a checkpoint written by torch.save"
+        )
     first = message.strip().splitlines()[0][:120] if message.strip() else "unreadable"
     return f"checkpoint {path} is truncated or not a torch file ({first}): use an intact copy"
 
@@ -157,11 +167,13 @@ def read_checkpoint(path: str) -> dict:
     except Exception as e:  # noqa: BLE001 - parsing a file: any failure means a bad file
         first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"checkpoint {path} is truncated or not a torch file ({first}): "
-            "use an intact copy") from None
+            f"checkpoint {path} is truncated or not a torch file ({first}): use an intact copy"
+        ) from None
     if not isinstance(obj, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict: "
-                              "give a checkpoint written by this framework or the original")
+        raise CheckpointError(
+            f"checkpoint {path} holds a {type(obj).__name__}, not a dict: "
+            "give a checkpoint written by this framework or the original"
+        )
     return obj
 
 
@@ -174,14 +186,18 @@ def model_state(ckpt: dict) -> dict:
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             continue  # not weights (for instance a bare checkpoint's metadata)
-        out[key[len(_PREFIX):] if key.startswith(_PREFIX) else key] = value
+        out[key[len(_PREFIX) :] if key.startswith(_PREFIX) else key] = value
     return out
 
 
 def _lazy_buffers(model: nn.Module) -> set[str]:
     """Buffers registered as None until first use (FineTune masks): may or may not be saved."""
-    return {f"{name}.{b}" if name else b for name, m in model.named_modules()
-            for b, v in m._buffers.items() if v is None}
+    return {
+        f"{name}.{b}" if name else b
+        for name, m in model.named_modules()
+        for b, v in m._buffers.items()
+        if v is None
+    }
 
 
 def load_model_state(model: nn.Module, state: dict, source: str = "checkpoint") -> None:
@@ -192,16 +208,19 @@ def load_model_state(model: nn.Module, state: dict, source: str = "checkpoint") 
         if key not in want and key not in lazy:
             raise CheckpointError(
                 f"{source} does not fit this model: it has '{key}' {tuple(value.shape)}, which "
-                "this model lacks: pass the experiment file the checkpoint was trained with")
+                "this model lacks: pass the experiment file the checkpoint was trained with"
+            )
         if key in want and tuple(value.shape) != want[key]:
             raise CheckpointError(
                 f"{source} does not fit this model: '{key}' is {tuple(value.shape)} there and "
-                f"{want[key]} here: pass the experiment file the checkpoint was trained with")
+                f"{want[key]} here: pass the experiment file the checkpoint was trained with"
+            )
     for key in want:
         if key not in state:
             raise CheckpointError(
                 f"{source} does not fit this model: it lacks '{key}' {want[key]}: pass the "
-                "experiment file the checkpoint was trained with")
+                "experiment file the checkpoint was trained with"
+            )
     model.load_state_dict(state, strict=False)
 
 

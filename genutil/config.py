@@ -67,8 +67,11 @@ class Config:
     seed: int = _f(0, "seed of python, numpy and torch (the original always used 0)")
     # the wiring
     graph: str = _f("dnw", "edge type of every graph layer", _GRAPHS)
-    setting: str = _f("static", "tiny classifiers: static | discrete_time | continuous",
-                      ("static", "discrete_time", "continuous"))
+    setting: str = _f(
+        "static",
+        "tiny classifiers: static | discrete_time | continuous",
+        ("static", "discrete_time", "continuous"),
+    )
     prune_rate: float = _f(0.0, "fraction of edges removed, in [0, 1)")
     prune: bool = _f(False, "kept for the original ymls (no effect)")
     dim: int = _f(800, "tiny classifiers: number of nodes")
@@ -80,7 +83,8 @@ class Config:
     rho: Union[float, str] = _f(0.5, "targeted dropout drop probability, or 'gamma' (= prune_rate)")
     td_abs: bool = _f(False, "td/reg_td: train on |w| as the original did (sign lost)")
     ode_inplace_relu: bool = _f(
-        True, "continuous model: clamp the solver state in place as the original (SPEC 8)")
+        True, "continuous model: clamp the solver state in place as the original (SPEC 8)"
+    )
     use_graph: str = _f("", "fine_tune: checkpoint whose wiring (and weights) to start from")
     use_init: str = _f("", "fine_tune: checkpoint whose weights to start from (lottery ticket)")
     # run control
@@ -135,7 +139,8 @@ def parse_argv(argv: list[str]) -> tuple[Optional[str], dict[str, Any]]:
         if not _is_key(token):
             raise ConfigError(
                 f"unexpected argument {token!r}: options are written '--key value' "
-                "(and the experiment file first, as app:<file.yml>)")
+                "(and the experiment file first, as app:<file.yml>)"
+            )
         key = token[2:].replace("-", "_")
         j = i + 1
         while j < len(rest) and not _is_key(rest[j]):
@@ -231,8 +236,8 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{name}={getattr(cfg, name)!r} is invalid: set {name} to {expect}")
     if max(cfg.topk) > cfg.output_size:
         raise ConfigError(
-            f"topk={cfg.topk} asks for more classes than output_size={cfg.output_size}: "
-            "lower topk")
+            f"topk={cfg.topk} asks for more classes than output_size={cfg.output_size}: lower topk"
+        )
 
 
 def _read_yaml(path: str) -> dict:
@@ -249,7 +254,8 @@ def _read_yaml(path: str) -> dict:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(
-            f"experiment file {path} is not valid YAML{where}: fix its syntax") from None
+            f"experiment file {path} is not valid YAML{where}: fix its syntax"
+        ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"experiment file {path} cannot be read ({e}): check it") from None
     if content is None:
@@ -267,13 +273,16 @@ def load_config(app_path: str, overrides: Optional[dict[str, Any]] = None) -> Co
         for key, value in items.items():
             key = str(key).replace("-", "_")
             if key not in _FIELDS:
-                raise ConfigError(f"unknown key '{key}' {origin}{_closest(key)}: "
-                                  f"remove it or use a known key (python main.py --help)")
+                raise ConfigError(
+                    f"unknown key '{key}' {origin}{_closest(key)}: "
+                    f"remove it or use a known key (python main.py --help)"
+                )
             values[key] = _coerce(key, value, origin)
     for required in ("model", "data"):
         if not values.get(required):
-            raise ConfigError(f"{app_path} has no '{required}:' entry: add "
-                              f"{required}: <module.path:ClassName>")
+            raise ConfigError(
+                f"{app_path} has no '{required}:' entry: add {required}: <module.path:ClassName>"
+            )
     if not values.get("test_batch_size"):  # 0 or absent: evaluate at the training batch size
         values["test_batch_size"] = values.get("batch_size", _FIELDS["batch_size"].default)
     cfg = Config(**values)

@@ -75,18 +75,26 @@ def init_distributed(timeout_min: int = 30) -> DistInfo:
     try:
         rank, world, local = (int(os.environ[name]) for name in _ENV)
     except ValueError:
-        raise ConfigError(f"RANK/WORLD_SIZE/LOCAL_RANK are not integers "
-                          f"({', '.join(os.environ[n] for n in _ENV)}): launch with torchrun")
+        raise ConfigError(
+            f"RANK/WORLD_SIZE/LOCAL_RANK are not integers "
+            f"({', '.join(os.environ[n] for n in _ENV)}): launch with torchrun"
+        )
     if dist.is_initialized():  # a caller (a test, a notebook) set the group up already
         return DistInfo(dist.get_rank(), dist.get_world_size(), local, True)
     cuda = torch.cuda.is_available()
     if cuda:
         if local >= torch.cuda.device_count():
-            raise ConfigError(f"LOCAL_RANK {local} but this node has {torch.cuda.device_count()} "
-                              "GPU(s): start at most that many processes per node")
+            raise ConfigError(
+                f"LOCAL_RANK {local} but this node has {torch.cuda.device_count()} "
+                "GPU(s): start at most that many processes per node"
+            )
         torch.cuda.set_device(local)
-    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(minutes=timeout_min))
+    dist.init_process_group(
+        "nccl" if cuda else "gloo",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(minutes=timeout_min),
+    )
     log.debug("process %d of %d joined (%s)", rank, world, dist.get_backend())
     return DistInfo(rank, world, local, True)
 
@@ -102,16 +110,19 @@ def shutdown(info: DistInfo) -> None:
 def per_process(total: int, world_size: int, name: str) -> int:
     """``total`` (a global batch size) split evenly over ``world_size`` processes."""
     if total % world_size:
-        raise ConfigError(f"{name}={total} does not split evenly over {world_size} processes: "
-                          f"set --{name} to a multiple of {world_size} (it is the global batch)")
+        raise ConfigError(
+            f"{name}={total} does not split evenly over {world_size} processes: "
+            f"set --{name} to a multiple of {world_size} (it is the global batch)"
+        )
     return total // world_size
 
 
 def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     """DistributedDataParallel over ``model`` (already on ``device``)."""
     ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids, output_device=None
-                                               if ids is None else ids[0])
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=ids, output_device=None if ids is None else ids[0]
+    )
 
 
 def active() -> bool:

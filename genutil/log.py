@@ -19,8 +19,9 @@ def setup_logging(verbose: bool = False) -> None:
 
     stdout, not stderr: stderr carries only problems (a UserError is its single line there).
     """
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
-                        stream=sys.stdout)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", stream=sys.stdout
+    )
 
 
 class ProgressHook:
@@ -36,8 +37,13 @@ class ProgressHook:
         from tqdm import tqdm  # noqa: PLC0415
 
         self._close()
-        self.bar = tqdm(total=num_steps, desc=f"epoch {state.epoch} {phase}", leave=False,
-                        dynamic_ncols=True, file=sys.stderr)
+        self.bar = tqdm(
+            total=num_steps,
+            desc=f"epoch {state.epoch} {phase}",
+            leave=False,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
 
     def on_step_end(self, state, phase: str, loss: float) -> None:
         if self.bar is not None:
@@ -71,7 +77,9 @@ class ConsoleHook:
             f"top-1 {100 * val['top1_accuracy']:.2f}%"
             + (f" top-5 {100 * val['top5_accuracy']:.2f}%" if "top5_accuracy" in val else "")
             + f"  |  lr {train['lr']:.4g}  {train['epoch_time'] + val['epoch_time']:.1f}s"
-            + f"  best {100 * state.best_val:.2f}%" + ("  (new best)" if val["is_best"] else ""))
+            + f"  best {100 * state.best_val:.2f}%"
+            + ("  (new best)" if val["is_best"] else "")
+        )
 
 
 def adjacency_images(weights: Any) -> list[tuple[str, torch.Tensor]]:
@@ -94,8 +102,12 @@ def adjacency_images(weights: Any) -> list[tuple[str, torch.Tensor]]:
 class TensorBoardHook:
     """Scalars per epoch (loss, top-k, epoch time, lr, best, MACs) and adjacency images."""
 
-    def __init__(self, log_dir: str, model: torch.nn.Module,
-                 profile: Optional[Callable[[torch.nn.Module], Any]] = None) -> None:
+    def __init__(
+        self,
+        log_dir: str,
+        model: torch.nn.Module,
+        profile: Optional[Callable[[torch.nn.Module], Any]] = None,
+    ) -> None:
         from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
 
         self.writer = SummaryWriter(log_dir=log_dir)

@@ -205,11 +205,18 @@ def profile_or_none(model: nn.Module, input_size: int | None = None) -> ProfileR
 
 def describe(result: ProfileResult) -> list[str]:
     """Lines for the console: totals as the paper counts them, and dead nodes per block."""
-    where = ("224x224 ImageNet input, as the original and the paper count"
-             if result.input_size is None else f"{result.input_size}x{result.input_size} input")
-    lines = [f"params {result.params / 1e6:.3f}M ({result.params}), MACs "
-             f"{result.macs / 1e6:.1f}M ({result.macs}) [{where}]"]
+    where = (
+        "224x224 ImageNet input, as the original and the paper count"
+        if result.input_size is None
+        else f"{result.input_size}x{result.input_size} input"
+    )
+    lines = [
+        f"params {result.params / 1e6:.3f}M ({result.params}), MACs "
+        f"{result.macs / 1e6:.1f}M ({result.macs}) [{where}]"
+    ]
     for b in result.blocks:
-        lines.append(f"  Block {b.index}: {b.num_edges} edges, dead source nodes per layer "
-                     f"{list(b.dead_sources)}, outputs without in-edge {b.dead_outputs}")
+        lines.append(
+            f"  Block {b.index}: {b.num_edges} edges, dead source nodes per layer "
+            f"{list(b.dead_sources)}, outputs without in-edge {b.dead_outputs}"
+        )
     return lines

@@ -37,8 +37,14 @@ from genutil.distributed import DistInfo
 from genutil.errors import CheckpointError, ConfigError
 from genutil.trainer import TrainState
 
-__all__ = ["CheckpointHook", "resume_path", "check_fresh", "restore", "restore_rng",
-           "stop_on_signals"]
+__all__ = [
+    "CheckpointHook",
+    "resume_path",
+    "check_fresh",
+    "restore",
+    "restore_rng",
+    "stop_on_signals",
+]
 
 
 def _bare(net: nn.Module) -> nn.Module:
@@ -55,8 +61,17 @@ class CheckpointHook:
     Runs in every process (the RNG states of all ranks are gathered); only rank 0 writes.
     """
 
-    def __init__(self, folder: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 cfg: Config, title: str, *, steps_per_epoch: int, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        folder: str,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        cfg: Config,
+        title: str,
+        *,
+        steps_per_epoch: int,
+        world_size: int = 1,
+    ) -> None:
         self.folder, self.model, self.optimizer = folder, model, optimizer
         self.cfg, self.title = cfg, title
         self.steps_per_epoch, self.world_size = steps_per_epoch, world_size
@@ -79,9 +94,13 @@ class CheckpointHook:
             "step": state.step,
             "rng": rngs[0],
             "rng_ranks": rngs,
-            "data_order": {"seed": self.cfg.seed, "epoch": state.epoch, "batch": state.batch,
-                           "steps_per_epoch": self.steps_per_epoch,
-                           "world_size": self.world_size},
+            "data_order": {
+                "seed": self.cfg.seed,
+                "epoch": state.epoch,
+                "batch": state.batch,
+                "steps_per_epoch": self.steps_per_epoch,
+                "world_size": self.world_size,
+            },
             "config": dataclasses.asdict(self.cfg),
             "title": self.title,
             "format_version": FORMAT_VERSION,
@@ -123,19 +142,28 @@ def check_fresh(folder: str) -> None:
     if os.path.isdir(folder) and any(f.endswith(".pt") for f in os.listdir(folder)):
         raise ConfigError(
             f"{folder} already holds checkpoints of this run: continue it with --resume auto, "
-            "or pick another --save_dir (nothing was overwritten)")
+            "or pick another --save_dir (nothing was overwritten)"
+        )
 
 
 def _meta(ckpt: dict, key: str, default: Any, cast: Callable, path: str) -> Any:
     try:
         return cast(ckpt.get(key, default))
     except (TypeError, ValueError):
-        raise CheckpointError(f"checkpoint {path} has a malformed '{key}' "
-                              f"({ckpt.get(key)!r}): use an intact checkpoint") from None
+        raise CheckpointError(
+            f"checkpoint {path} has a malformed '{key}' "
+            f"({ckpt.get(key)!r}): use an intact checkpoint"
+        ) from None
 
 
-def restore(ckpt: dict, path: str, cfg: Config, model: nn.Module,
-            optimizer: torch.optim.Optimizer, state: TrainState) -> None:
+def restore(
+    ckpt: dict,
+    path: str,
+    cfg: Config,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: TrainState,
+) -> None:
     """Weights, optimizer and position from a checkpoint (ours or the original's)."""
     load_model_state(model, model_state(ckpt), source=f"checkpoint {path}")
     last_epoch = _meta(ckpt, "last_epoch", -1, int, path)
@@ -149,25 +177,31 @@ def restore(ckpt: dict, path: str, cfg: Config, model: nn.Module,
         try:
             optimizer.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"optimizer state of {path} does not fit ({e}): "
-                                  "resume with the experiment file it was trained with") from None
+            raise CheckpointError(
+                f"optimizer state of {path} does not fit ({e}): "
+                "resume with the experiment file it was trained with"
+            ) from None
 
 
 def restore_rng(ckpt: dict, path: str, info: DistInfo, steps_per_epoch: int) -> None:
     """This rank's RNG state; check that a mid-epoch position means the same batches here."""
     order = ckpt.get("data_order") or {}
     if ckpt.get("batch") and (order.get("steps_per_epoch"), order.get("world_size")) != (
-            steps_per_epoch, info.world_size):
+        steps_per_epoch,
+        info.world_size,
+    ):
         raise CheckpointError(
             f"checkpoint {path} stopped inside an epoch of {order.get('steps_per_epoch')} steps "
             f"over {order.get('world_size')} process(es); this run has {steps_per_epoch} over "
-            f"{info.world_size}: resume with the same batch_size and number of processes")
+            f"{info.world_size}: resume with the same batch_size and number of processes"
+        )
     rngs = ckpt.get("rng_ranks") or [ckpt.get("rng")]
     try:
         set_rng_state(rngs[info.rank] if len(rngs) == info.world_size else rngs[0])
     except (TypeError, ValueError, RuntimeError, KeyError) as e:
-        raise CheckpointError(f"checkpoint {path} has a malformed RNG state ({e}): "
-                              "use an intact checkpoint") from None
+        raise CheckpointError(
+            f"checkpoint {path} has a malformed RNG state ({e}): use an intact checkpoint"
+        ) from None
 
 
 @contextlib.contextmanager

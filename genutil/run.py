@@ -63,8 +63,10 @@ def select_devices(gpus: list, info: DistInfo = DistInfo()) -> tuple[torch.devic
     torchrun: GPU ``LOCAL_RANK`` (or the CPU) and no DataParallel."""
     if info.enabled:
         if len(gpus) > 1:
-            raise ConfigError(f"--gpus {' '.join(map(str, gpus))} asks for DataParallel, but "
-                              "under torchrun each process uses GPU LOCAL_RANK: drop --gpus")
+            raise ConfigError(
+                f"--gpus {' '.join(map(str, gpus))} asks for DataParallel, but "
+                "under torchrun each process uses GPU LOCAL_RANK: drop --gpus"
+            )
         cuda = torch.cuda.is_available()
         return (torch.device("cuda", info.local_rank) if cuda else torch.device("cpu")), []
     if not torch.cuda.is_available():
@@ -75,16 +77,21 @@ def select_devices(gpus: list, info: DistInfo = DistInfo()) -> tuple[torch.devic
     ids = list(gpus) or list(range(count))
     bad = [g for g in ids if g >= count]
     if bad:
-        raise ConfigError(f"--gpus {bad} not present (this machine has {count} GPU(s)): "
-                          f"choose ids below {count}")
+        raise ConfigError(
+            f"--gpus {bad} not present (this machine has {count} GPU(s)): choose ids below {count}"
+        )
     return torch.device(f"cuda:{ids[0]}"), ids
 
 
 def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     """SGD with the config's lr, momentum, weight decay and Nesterov flag (``nestorov``)."""
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                           weight_decay=cfg.weight_decay,
-                           nesterov=cfg.nestorov and cfg.momentum > 0)
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        nesterov=cfg.nestorov and cfg.momentum > 0,
+    )
 
 
 def _apply_use_graph(cfg: Config, model: nn.Module) -> None:
@@ -92,8 +99,10 @@ def _apply_use_graph(cfg: Config, model: nn.Module) -> None:
     if not cfg.use_graph and not cfg.use_init:
         return
     if cfg.graph != "fine_tune":
-        raise ConfigError(f"use_graph/use_init need graph: fine_tune (got {cfg.graph!r}): "
-                          "set --graph fine_tune or drop use_graph/use_init")
+        raise ConfigError(
+            f"use_graph/use_init need graph: fine_tune (got {cfg.graph!r}): "
+            "set --graph fine_tune or drop use_graph/use_init"
+        )
     if cfg.use_init and not cfg.use_graph:
         raise ConfigError("use_init needs use_graph (the wiring to keep): set --use_graph")
     api.load_checkpoint(model, cfg.use_graph)
@@ -125,16 +134,18 @@ def _check_writable(folders: dict[str, str], create: bool) -> None:
             if not os.access(existing, os.W_OK | os.X_OK):
                 raise OSError(f"{existing} is not writable")
         except OSError as e:
-            raise ConfigError(f"{key} {folder} cannot be written ({e.strerror or e}): "
-                              f"choose another --{key}") from None
+            raise ConfigError(
+                f"{key} {folder} cannot be written ({e.strerror or e}): choose another --{key}"
+            ) from None
 
 
 def _silent(_: str) -> None:
     pass
 
 
-def run(cfg: Config, title: str, write: Callable[[str], None] = print,
-        resume_command: str = "") -> dict[str, Any]:
+def run(
+    cfg: Config, title: str, write: Callable[[str], None] = print, resume_command: str = ""
+) -> dict[str, Any]:
     """Train (or with ``evaluate`` only evaluate) as the config says; return final metrics.
 
     ``resume_command`` is the command line that continues this run, printed when a signal stops
@@ -148,11 +159,14 @@ def run(cfg: Config, title: str, write: Callable[[str], None] = print,
     return result
 
 
-def _run(cfg: Config, title: str, write: Callable[[str], None], resume_command: str,
-         info: DistInfo) -> dict[str, Any]:
+def _run(
+    cfg: Config, title: str, write: Callable[[str], None], resume_command: str, info: DistInfo
+) -> dict[str, Any]:
     if not cfg.evaluate and (cfg.fast_eval or cfg.use_dgl or cfg.export):
-        raise ConfigError("--fast_eval/--use_dgl/--export shrink a trained model for evaluation: "
-                          "add --evaluate --resume <checkpoint>")
+        raise ConfigError(
+            "--fast_eval/--use_dgl/--export shrink a trained model for evaluation: "
+            "add --evaluate --resume <checkpoint>"
+        )
     data_class = resolve(cfg.data, "data")  # names first: cheap, and the likeliest typos
     resolve(cfg.model, "model")
     device, gpu_ids = select_devices(cfg.gpus, info)
@@ -168,8 +182,10 @@ def _run(cfg: Config, title: str, write: Callable[[str], None], resume_command: 
         _check_writable(outputs, create=False)
     # batch sizes in the config are global; each process loads its share (genutil.distributed)
     data_cfg = dataclasses.replace(
-        cfg, batch_size=distributed.per_process(cfg.batch_size, info.world_size, "batch_size"),
-        test_batch_size=max(1, -(-cfg.test_batch_size // info.world_size)))
+        cfg,
+        batch_size=distributed.per_process(cfg.batch_size, info.world_size, "batch_size"),
+        test_batch_size=max(1, -(-cfg.test_batch_size // info.world_size)),
+    )
 
     torch.backends.cudnn.benchmark = True
     seed_everything(cfg.seed)
@@ -191,7 +207,8 @@ def _run(cfg: Config, title: str, write: Callable[[str], None], resume_command: 
             write(f"=> {title} has trained all {cfg.num_epochs} epochs ({resume}): nothing to do")
             return {}
     data = data_class.from_config(
-        data_cfg, pin_memory=device.type == "cuda", distributed=info.enabled)
+        data_cfg, pin_memory=device.type == "cuda", distributed=info.enabled
+    )
     if not cfg.evaluate and info.is_primary:  # the last check: it creates the run's folders
         _check_writable(outputs, create=True)
     if ckpt is not None:
@@ -218,49 +235,94 @@ def _run(cfg: Config, title: str, write: Callable[[str], None], resume_command: 
         backend = "dgl" if cfg.use_dgl else cfg.graph_backend
         if cfg.fast_eval or backend != "dense" or cfg.export:
             example = torch.randn(2, cfg.in_channels, cfg.image_size, cfg.image_size)
-            net, lines = api.prepare_for_eval(model, fast=cfg.fast_eval, backend=backend,
-                                              export=cfg.export, example=example)
+            net, lines = api.prepare_for_eval(
+                model, fast=cfg.fast_eval, backend=backend, export=cfg.export, example=example
+            )
             for line in lines:
                 write(line)
-        metrics = evaluate(net, data.val_loader, device=device, topk=cfg.topk, amp=cfg.amp,
-                           hooks=[ProgressHook(cfg.progress)] if info.is_primary else [])
-        write(f"eval {title}: loss {metrics['CELoss']:.4f} "
-              + " ".join(f"top-{k} {100 * metrics[f'top{k}_accuracy']:.2f}%" for k in cfg.topk))
+        metrics = evaluate(
+            net,
+            data.val_loader,
+            device=device,
+            topk=cfg.topk,
+            amp=cfg.amp,
+            hooks=[ProgressHook(cfg.progress)] if info.is_primary else [],
+        )
+        write(
+            f"eval {title}: loss {metrics['CELoss']:.4f} "
+            + " ".join(f"top-{k} {100 * metrics[f'top{k}_accuracy']:.2f}%" for k in cfg.topk)
+        )
         return metrics
-    return _train(cfg, title, write, resume_command, info, net, model, optimizer, data, state,
-                  device, folder)
+    return _train(
+        cfg, title, write, resume_command, info, net, model, optimizer, data, state, device, folder
+    )
 
 
-def _train(cfg: Config, title: str, write: Callable[[str], None], resume_command: str,
-           info: DistInfo, net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer,
-           data: Any, state: TrainState, device: torch.device, folder: str) -> dict[str, Any]:
+def _train(
+    cfg: Config,
+    title: str,
+    write: Callable[[str], None],
+    resume_command: str,
+    info: DistInfo,
+    net: nn.Module,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: Any,
+    state: TrainState,
+    device: torch.device,
+    folder: str,
+) -> dict[str, Any]:
     steps = len(data.train_loader)
-    schedule = Schedule(cfg.lr_scheduler, cfg.lr, cfg.num_epochs, steps,
-                        milestones=list(cfg.multistep_lr_milestones),
-                        gamma=cfg.exp_decaying_lr_gamma if cfg.lr_scheduler == "exp_decaying"
-                        else cfg.multistep_lr_gamma,
-                        dataset_len=len(data.train_loader.dataset), batch_size=cfg.batch_size)
-    saver = CheckpointHook(folder, net, optimizer, cfg, title, steps_per_epoch=steps,
-                           world_size=info.world_size)
+    schedule = Schedule(
+        cfg.lr_scheduler,
+        cfg.lr,
+        cfg.num_epochs,
+        steps,
+        milestones=list(cfg.multistep_lr_milestones),
+        gamma=cfg.exp_decaying_lr_gamma
+        if cfg.lr_scheduler == "exp_decaying"
+        else cfg.multistep_lr_gamma,
+        dataset_len=len(data.train_loader.dataset),
+        batch_size=cfg.batch_size,
+    )
+    saver = CheckpointHook(
+        folder, net, optimizer, cfg, title, steps_per_epoch=steps, world_size=info.world_size
+    )
     hooks: list = [saver]
     tb = None
     if info.is_primary:
         stale = remove_stale_temps(folder)
         if stale:
             log.info("removed %d partial checkpoint file(s) of a killed save", len(stale))
-        tb = TensorBoardHook(os.path.join(cfg.log_dir, title), net,
-                             profile=None if cfg.skip_profiling else profile_or_none)
+        tb = TensorBoardHook(
+            os.path.join(cfg.log_dir, title),
+            net,
+            profile=None if cfg.skip_profiling else profile_or_none,
+        )
         hooks += [tb, ProgressHook(cfg.progress), ConsoleHook(cfg.num_epochs, write)]
     plural = "es" if info.world_size > 1 else ""
     where = f"{info.world_size} process{plural} ({device.type})" if info.enabled else str(device)
-    write(f"=> {title}: {sum(p.numel() for p in model.parameters())} parameters on {where}, "
-          f"{steps} steps per epoch; checkpoints in {folder}")
+    write(
+        f"=> {title}: {sum(p.numel() for p in model.parameters())} parameters on {where}, "
+        f"{steps} steps per epoch; checkpoints in {folder}"
+    )
     distributed.barrier()  # no process writes before every process has passed its checks
     try:
         with stop_on_signals(state, info.enabled) as signals:
-            fit(net, data.train_loader, data.val_loader, optimizer, schedule, state,
-                device=device, num_epochs=cfg.num_epochs, topk=cfg.topk, hooks=hooks,
-                amp=cfg.amp, channels_last=cfg.channels_last and device.type == "cuda")
+            fit(
+                net,
+                data.train_loader,
+                data.val_loader,
+                optimizer,
+                schedule,
+                state,
+                device=device,
+                num_epochs=cfg.num_epochs,
+                topk=cfg.topk,
+                hooks=hooks,
+                amp=cfg.amp,
+                channels_last=cfg.channels_last and device.type == "cuda",
+            )
     except DivergenceError as e:
         raise DivergenceError(f"{e} in {folder}") from None
     finally:
@@ -268,8 +330,11 @@ def _train(cfg: Config, title: str, write: Callable[[str], None], resume_command
             tb.close()
     if state.stop_requested:
         path = saver.save_stop(state)
-        where = (f"step {state.batch} of epoch {state.epoch}" if state.batch
-                 else f"the start of epoch {state.epoch}")
+        where = (
+            f"step {state.batch} of epoch {state.epoch}"
+            if state.batch
+            else f"the start of epoch {state.epoch}"
+        )
         write(f"=> stopped by {signals[0] if signals else 'request'} at {where}; saved {path}")
         write(f"resume with: {resume_command or '--resume auto (same command line)'}")
         return {}

@@ -97,8 +97,11 @@ class _Meters:
 
     def sums(self) -> dict:
         """The raw sums, to carry a partial epoch across a stop (plain values)."""
-        return {"count": self.count, "loss": self.loss,
-                "hits": [float(self.hits[k]) for k in self.topk]}
+        return {
+            "count": self.count,
+            "loss": self.loss,
+            "hits": [float(self.hits[k]) for k in self.topk],
+        }
 
     def load_sums(self, sums: dict) -> None:
         """Continue from ``sums()`` of an earlier part of the same epoch."""
@@ -147,10 +150,20 @@ def _batches(loader: Iterable, skip: int) -> Iterator:
     return batches
 
 
-def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
-                    schedule: Schedule, state: TrainState, *, device: torch.device,
-                    topk: Sequence[int] = (1, 5), hooks: Sequence[Any] = (), amp: str = "",
-                    scaler: Optional[Any] = None, channels_last: bool = False) -> dict:
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    state: TrainState,
+    *,
+    device: torch.device,
+    topk: Sequence[int] = (1, 5),
+    hooks: Sequence[Any] = (),
+    amp: str = "",
+    scaler: Optional[Any] = None,
+    channels_last: bool = False,
+) -> dict:
     """One pass over ``loader`` (from batch ``state.batch``) with SGD steps; the lr of each step
     comes from ``schedule``. Returns {} if a stop was requested before the epoch's end."""
     model.train()
@@ -173,7 +186,8 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
             what = value if not math.isfinite(value) else "not finite in another process"
             raise DivergenceError(
                 f"loss is {what} at epoch {state.epoch} step {state.batch} (global step "
-                f"{state.step}): lower lr or check the data; the checkpoints so far are kept")
+                f"{state.step}): lower lr or check the data; the checkpoints so far are kept"
+            )
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -197,9 +211,17 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device,
-             topk: Sequence[int] = (1, 5), hooks: Sequence[Any] = (), state: Optional[
-                 TrainState] = None, amp: str = "", channels_last: bool = False) -> dict:
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    device: torch.device,
+    topk: Sequence[int] = (1, 5),
+    hooks: Sequence[Any] = (),
+    state: Optional[TrainState] = None,
+    amp: str = "",
+    channels_last: bool = False,
+) -> dict:
     """Loss and top-k accuracy (fractions) of ``model`` in eval mode over ``loader``."""
     model.eval()
     meters = _Meters(topk)
@@ -216,18 +238,32 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device,
     return meters.results()
 
 
-def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable,
-        optimizer: torch.optim.Optimizer, schedule: Schedule, state: TrainState, *,
-        device: torch.device, num_epochs: int, topk: Sequence[int] = (1, 5),
-        hooks: Sequence[Any] = (), amp: str = "", channels_last: bool = False,
-        on_epoch: Optional[Callable[[int], None]] = None) -> TrainState:
+def fit(
+    model: nn.Module,
+    train_loader: Iterable,
+    val_loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    state: TrainState,
+    *,
+    device: torch.device,
+    num_epochs: int,
+    topk: Sequence[int] = (1, 5),
+    hooks: Sequence[Any] = (),
+    amp: str = "",
+    channels_last: bool = False,
+    on_epoch: Optional[Callable[[int], None]] = None,
+) -> TrainState:
     """Train from ``state.epoch`` (batch ``state.batch``) to ``num_epochs``, validating after
     each epoch; return early, ``state.batch`` > 0 if inside an epoch, when a stop is requested."""
     scaler = None
     if amp == "fp16" and device.type == "cuda":
         # torch.amp.GradScaler is torch >= 2.3; torch.cuda.amp's is the same class before that
-        scaler = (torch.amp.GradScaler("cuda") if hasattr(torch.amp, "GradScaler")
-                  else torch.cuda.amp.GradScaler())
+        scaler = (
+            torch.amp.GradScaler("cuda")
+            if hasattr(torch.amp, "GradScaler")
+            else torch.cuda.amp.GradScaler()
+        )
     call_hooks(hooks, "on_fit_start", state)
     while state.epoch < num_epochs:
         (state.stop_requested,) = distributed.any_rank(state.stop_requested)
@@ -238,15 +274,33 @@ def fit(model: nn.Module, train_loader: Iterable, val_loader: Iterable,
         if on_epoch is not None:
             on_epoch(epoch)
         t0 = time.time()
-        train = train_one_epoch(model, train_loader, optimizer, schedule, state, device=device,
-                                topk=topk, hooks=hooks, amp=amp, scaler=scaler,
-                                channels_last=channels_last)
+        train = train_one_epoch(
+            model,
+            train_loader,
+            optimizer,
+            schedule,
+            state,
+            device=device,
+            topk=topk,
+            hooks=hooks,
+            amp=amp,
+            scaler=scaler,
+            channels_last=channels_last,
+        )
         if state.batch:
             break  # stopped mid-epoch
         train["epoch_time"] = time.time() - t0
         t1 = time.time()
-        val = evaluate(distributed.eval_module(model), val_loader, device=device, topk=topk,
-                       hooks=hooks, state=state, amp=amp, channels_last=channels_last)
+        val = evaluate(
+            distributed.eval_module(model),
+            val_loader,
+            device=device,
+            topk=topk,
+            hooks=hooks,
+            state=state,
+            amp=amp,
+            channels_last=channels_last,
+        )
         val["epoch_time"] = time.time() - t1
         val["is_best"] = val["top1_accuracy"] > state.best_val
         state.best_val = max(state.best_val, val["top1_accuracy"])

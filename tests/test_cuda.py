@@ -14,9 +14,20 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def test_quickstart_trains_on_cuda_with_dataparallel(tmp_path, capsys):
-    code = main.main(["app:apps/quickstart/static_dnw.yml", "--gpus", "0", "--num_epochs", "3",
-                      "--noprogress", "--save_dir", str(tmp_path / "ck"),
-                      "--log_dir", str(tmp_path / "runs")])
+    code = main.main(
+        [
+            "app:apps/quickstart/static_dnw.yml",
+            "--gpus",
+            "0",
+            "--num_epochs",
+            "3",
+            "--noprogress",
+            "--save_dir",
+            str(tmp_path / "ck"),
+            "--log_dir",
+            str(tmp_path / "runs"),
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "on cuda:0" in out and "final top-1" in out
@@ -33,8 +44,9 @@ def test_training_step_on_cuda(amp):
     x = torch.randn(8, 3, 32, 32, device="cuda")
     y = torch.randint(0, 10, (8,), device="cuda")
     before = model.graph.weight.detach().clone()
-    with torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16,
-                        enabled=bool(amp)):
+    with torch.autocast(
+        "cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16, enabled=bool(amp)
+    ):
         loss = torch.nn.functional.cross_entropy(model(x).float(), y)
     loss.backward()
     opt.step()
@@ -51,8 +63,9 @@ def test_cuda_matches_cpu_on_the_fixture(reference_dir):
     model = api.build_model("apps/medium_scale/mobilenetv1_dnw_x225.yml")
     api.load_checkpoint(model, os.path.join(d, "medium_mobilenetv1_dnw_x225.ckpt.pt"))
     x = torch.load(os.path.join(d, "medium_mobilenetv1_dnw_x225.input.pt"), weights_only=True)
-    want = torch.load(os.path.join(d, "medium_mobilenetv1_dnw_x225.expected.pt"),
-                      weights_only=True)["logits"]
+    want = torch.load(
+        os.path.join(d, "medium_mobilenetv1_dnw_x225.expected.pt"), weights_only=True
+    )["logits"]
     model.cuda().eval()
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False

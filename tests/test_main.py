@@ -33,9 +33,24 @@ def cifar(tmp_path_factory):
 
 def test_static_dnw_trains_one_epoch_on_cifar_folder(cifar, tmp_path, capsys):
     ck, runs = tmp_path / "ck", tmp_path / "runs"
-    code = main.main(["app:apps/small_scale/static_dnw.yml", "--data-dir", cifar,
-                      "--num_epochs", "1", "--batch_size", "64", "--workers", "0",
-                      "--save_dir", str(ck), "--log_dir", str(runs), "--noprogress"])
+    code = main.main(
+        [
+            "app:apps/small_scale/static_dnw.yml",
+            "--data-dir",
+            cifar,
+            "--num_epochs",
+            "1",
+            "--batch_size",
+            "64",
+            "--workers",
+            "0",
+            "--save_dir",
+            str(ck),
+            "--log_dir",
+            str(runs),
+            "--noprogress",
+        ]
+    )
     assert code == 0
     (folder,) = glob.glob(str(ck / "*"))
     assert os.path.basename(folder) == "base=static_dnw_num_epochs=1_batch_size=64_workers=0"
@@ -46,17 +61,39 @@ def test_static_dnw_trains_one_epoch_on_cifar_folder(cifar, tmp_path, capsys):
     assert all(k.startswith("module.") for k in ckpt["model"])
     assert {"model", "optimizer", "last_epoch", "best_val", "iter", "meters"} <= set(ckpt)
     tags = _events(str(runs))
-    for tag in ("train/CELoss", "train/top1_accuracy", "val/top1_accuracy", "val/top5_accuracy",
-                "val/best_val", "train/epoch_time", "train/lr"):
+    for tag in (
+        "train/CELoss",
+        "train/top1_accuracy",
+        "val/top1_accuracy",
+        "val/top5_accuracy",
+        "val/best_val",
+        "train/epoch_time",
+        "train/lr",
+    ):
         assert tag in tags["scalars"], tag
     assert "val/non_zero" in tags["images"]
     assert "final top-1" in capsys.readouterr().out
 
 
 def test_resume_continues_the_epoch_count_and_optimizer(cifar, tmp_path, capsys):
-    common = ["app:apps/small_scale/static_dnw.yml", "--data-dir", cifar, "--batch_size", "64",
-              "--workers", "0", "--dim", "224", "--feature_dim", "48", "--noprogress",
-              "--save_dir", str(tmp_path / "ck"), "--log_dir", str(tmp_path / "runs")]
+    common = [
+        "app:apps/small_scale/static_dnw.yml",
+        "--data-dir",
+        cifar,
+        "--batch_size",
+        "64",
+        "--workers",
+        "0",
+        "--dim",
+        "224",
+        "--feature_dim",
+        "48",
+        "--noprogress",
+        "--save_dir",
+        str(tmp_path / "ck"),
+        "--log_dir",
+        str(tmp_path / "runs"),
+    ]
     assert main.main(common + ["--num_epochs", "1"]) == 0
     (first,) = glob.glob(str(tmp_path / "ck" / "*" / "last.pt"))
     assert main.main(common + ["--num_epochs", "3", "--resume", first]) == 0
@@ -70,24 +107,50 @@ def test_resume_continues_the_epoch_count_and_optimizer(cifar, tmp_path, capsys)
 
 def test_public_fixture_evaluates_through_main(cifar, reference_dir, tmp_path, capsys):
     ckpt = os.path.join(reference_dir, "ckpt", "small_static_dnw.ckpt.pt")
-    code = main.main(["app:apps/small_scale/static_dnw.yml", "--data-dir", cifar, "--resume",
-                      ckpt, "--evaluate", "--workers", "0", "--noprogress",
-                      "--save_dir", str(tmp_path / "ck"), "--log_dir", str(tmp_path / "runs")])
+    code = main.main(
+        [
+            "app:apps/small_scale/static_dnw.yml",
+            "--data-dir",
+            cifar,
+            "--resume",
+            ckpt,
+            "--evaluate",
+            "--workers",
+            "0",
+            "--noprogress",
+            "--save_dir",
+            str(tmp_path / "ck"),
+            "--log_dir",
+            str(tmp_path / "runs"),
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "top-1" in out and "top-5" in out
 
 
-@pytest.mark.parametrize("args, words", [
-    (["--lrr", "0.1"], ["unknown key 'lrr'", "'lr'"]),
-    (["--batch_size", "many"], ["batch_size", "integer"]),
-    (["--prune_rate", "1.5"], ["prune_rate", "[0, 1)"]),
-    (["--data-dir", "/nonexistent/data"], ["/nonexistent/data", "cifar"]),
-    (["--resume", "/nonexistent/x.pt"], ["not found"]),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--lrr", "0.1"], ["unknown key 'lrr'", "'lr'"]),
+        (["--batch_size", "many"], ["batch_size", "integer"]),
+        (["--prune_rate", "1.5"], ["prune_rate", "[0, 1)"]),
+        (["--data-dir", "/nonexistent/data"], ["/nonexistent/data", "cifar"]),
+        (["--resume", "/nonexistent/x.pt"], ["not found"]),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(cifar, tmp_path, capsys, args, words):
-    base = ["app:apps/small_scale/static_dnw.yml", "--data-dir", cifar, "--workers", "0",
-            "--save_dir", str(tmp_path / "ck"), "--log_dir", str(tmp_path / "runs")]
+    base = [
+        "app:apps/small_scale/static_dnw.yml",
+        "--data-dir",
+        cifar,
+        "--workers",
+        "0",
+        "--save_dir",
+        str(tmp_path / "ck"),
+        "--log_dir",
+        str(tmp_path / "runs"),
+    ]
     assert main.main(base + args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ")
@@ -98,10 +161,28 @@ def test_bad_input_is_one_line_exit_2(cifar, tmp_path, capsys, args, words):
 def test_checkpoint_of_another_model_names_the_key_and_shapes(cifar, reference_dir, tmp_path):
     ckpt = os.path.join(reference_dir, "ckpt", "small_static_dnw.ckpt.pt")
     proc = subprocess.run(
-        [sys.executable, "main.py", "app:apps/small_scale/static_dnw.yml", "--data-dir", cifar,
-         "--resume", ckpt, "--evaluate", "--dim", "544", "--workers", "0",
-         "--save_dir", str(tmp_path / "ck"), "--log_dir", str(tmp_path / "runs")],
-        cwd=ROOT, capture_output=True, text=True)
+        [
+            sys.executable,
+            "main.py",
+            "app:apps/small_scale/static_dnw.yml",
+            "--data-dir",
+            cifar,
+            "--resume",
+            ckpt,
+            "--evaluate",
+            "--dim",
+            "544",
+            "--workers",
+            "0",
+            "--save_dir",
+            str(tmp_path / "ck"),
+            "--log_dir",
+            str(tmp_path / "runs"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     err = proc.stderr.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1
@@ -109,7 +190,8 @@ def test_checkpoint_of_another_model_names_the_key_and_shapes(cifar, reference_d
 
 
 def test_missing_app_file_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "main.py", "app:apps/nope.yml"], cwd=ROOT,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "main.py", "app:apps/nope.yml"], cwd=ROOT, capture_output=True, text=True
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "apps/nope.yml not found" in proc.stderr

@@ -28,9 +28,23 @@ def cifar(tmp_path_factory):
 
 
 def _run(app, cifar, save, *extra):
-    args = [f"app:{app}", "--data-dir", cifar, "--num_epochs", "1", "--batch_size", "20",
-            "--workers", "0", "--noprogress", "--save_dir", str(save / "ck"),
-            "--log_dir", str(save / "runs"), *extra]
+    args = [
+        f"app:{app}",
+        "--data-dir",
+        cifar,
+        "--num_epochs",
+        "1",
+        "--batch_size",
+        "20",
+        "--workers",
+        "0",
+        "--noprogress",
+        "--save_dir",
+        str(save / "ck"),
+        "--log_dir",
+        str(save / "runs"),
+        *extra,
+    ]
     assert main.main(args) == 0
     return glob.glob(str(save / "ck" / f"base={os.path.basename(app)[:-4]}*"))
 
@@ -48,8 +62,15 @@ def test_complete_then_fine_tune_and_lottery_ticket(cifar, tmp_path):
     init = os.path.join(complete, "init.pt")
 
     (ft,) = _run(f"{MEDIUM}/mobilenetv1_ft_x225.yml", cifar, tmp_path, "--use_graph", trained)
-    (lottery,) = _run(f"{MEDIUM}/mobilenetv1_lottery_one_shot_x225.yml", cifar, tmp_path,
-                      "--use_graph", trained, "--use_init", init)
+    (lottery,) = _run(
+        f"{MEDIUM}/mobilenetv1_lottery_one_shot_x225.yml",
+        cifar,
+        tmp_path,
+        "--use_graph",
+        trained,
+        "--use_init",
+        init,
+    )
 
     trained_sd = torch.load(trained, weights_only=True)["model"]
     init_sd = torch.load(init, weights_only=True)["model"]
@@ -86,7 +107,7 @@ def test_large_scale_original_checkpoint_evaluates(tmp_path):
     ckpt = tmp_path / "imagenet_dnw_x225.pt"
     maker = textwrap.dedent(f"""
         import sys, torch
-        sys.path[:0] = [{str(tmp_path / 'orig')!r}, {ROOT!r}]
+        sys.path[:0] = [{str(tmp_path / "orig")!r}, {ROOT!r}]
         import train
         from genutil import api
         torch.manual_seed(0)
@@ -101,11 +122,29 @@ def test_large_scale_original_checkpoint_evaluates(tmp_path):
     data = tmp_path / "data"
     make_imagenet(data, classes=3, per_class=2)
     proc = subprocess.run(
-        [sys.executable, "main.py", "app:apps/large_scale/mobilenetv1_dnw_x225.yml",
-         "--resume", str(ckpt), "--evaluate", "--data-dir", str(data), "--workers", "0",
-         "--batch_size", "6", "--save_dir", str(tmp_path / "ck"), "--log_dir",
-         str(tmp_path / "runs"), "--noprogress"],
-        cwd=ROOT, capture_output=True, text=True)
+        [
+            sys.executable,
+            "main.py",
+            "app:apps/large_scale/mobilenetv1_dnw_x225.yml",
+            "--resume",
+            str(ckpt),
+            "--evaluate",
+            "--data-dir",
+            str(data),
+            "--workers",
+            "0",
+            "--batch_size",
+            "6",
+            "--save_dir",
+            str(tmp_path / "ck"),
+            "--log_dir",
+            str(tmp_path / "runs"),
+            "--noprogress",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "top-1" in out and "top-5" in out

@@ -254,7 +254,11 @@ class _TargetedDropoutBase(Graph):
     deterministic_in_eval = True
 
     def __init__(
-        self, prune_rate: float, dim_in: int, dim_out: int, rho: float = 0.5,
+        self,
+        prune_rate: float,
+        dim_in: int,
+        dim_out: int,
+        rho: float = 0.5,
         abs_weights: bool = False,
     ) -> None:
         super().__init__(prune_rate, dim_in, dim_out)

@@ -59,19 +59,30 @@ def static_groups(dim: int, downsample_dim: int, layers: int) -> list[int]:
     if layers < 2 or (dim - downsample_dim) % (layers - 1) or dim <= downsample_dim:
         raise ValueError(
             f"dim - downsample_dim = {dim - downsample_dim} must split into layers - 1 = "
-            f"{layers - 1} equal node groups")
+            f"{layers - 1} equal node groups"
+        )
     return [downsample_dim] + [(dim - downsample_dim) // (layers - 1)] * (layers - 1)
 
 
 class _TinyBase(nn.Module):
     """What the three tiny classifiers share: stem, zero padding to ``dim`` nodes, read-out."""
 
-    def __init__(self, *, dim: int, downsample_dim: int, feature_dim: int, image_size: int,
-                 in_channels: int, output_size: int) -> None:
+    def __init__(
+        self,
+        *,
+        dim: int,
+        downsample_dim: int,
+        feature_dim: int,
+        image_size: int,
+        in_channels: int,
+        output_size: int,
+    ) -> None:
         super().__init__()
         if image_size < 16 or image_size % 4:
-            raise ValueError(f"image_size {image_size}: the tiny models need a multiple of 4, "
-                             ">= 16 (the read-out crops a 3x3 window of the S/4 map)")
+            raise ValueError(
+                f"image_size {image_size}: the tiny models need a multiple of 4, "
+                ">= 16 (the read-out crops a 3x3 window of the S/4 map)"
+            )
         if not 0 < feature_dim <= dim or downsample_dim % 2 or downsample_dim >= dim:
             raise ValueError("need 0 < feature_dim <= dim, downsample_dim even and < dim")
         self.dim = dim
@@ -82,7 +93,8 @@ class _TinyBase(nn.Module):
         # average pool, which averages only the top-left 2x2 of that crop (SPEC section 8).
         self.half = (image_size // 4) // 2 - 1
         self.register_buffer(
-            "zeros", torch.zeros(1, dim - downsample_dim, image_size // 4, image_size // 4))
+            "zeros", torch.zeros(1, dim - downsample_dim, image_size // 4, image_size // 4)
+        )
 
     def _nodes(self, x: Tensor) -> Tensor:
         """Stem output padded with zero channels up to ``dim`` nodes: [B, dim, S/4, S/4]."""
@@ -110,10 +122,18 @@ class _TinyBase(nn.Module):
 
     @staticmethod
     def _graph_kwargs(cfg) -> dict:
-        return dict(dim=cfg.dim, downsample_dim=cfg.downsample_dim, feature_dim=cfg.feature_dim,
-                    image_size=cfg.image_size, in_channels=cfg.in_channels,
-                    output_size=cfg.output_size, graph=cfg.graph, prune_rate=cfg.prune_rate,
-                    rho=cfg.rho if cfg.rho != "gamma" else cfg.prune_rate, td_abs=cfg.td_abs)
+        return dict(
+            dim=cfg.dim,
+            downsample_dim=cfg.downsample_dim,
+            feature_dim=cfg.feature_dim,
+            image_size=cfg.image_size,
+            in_channels=cfg.in_channels,
+            output_size=cfg.output_size,
+            graph=cfg.graph,
+            prune_rate=cfg.prune_rate,
+            rho=cfg.rho if cfg.rho != "gamma" else cfg.prune_rate,
+            td_abs=cfg.td_abs,
+        )
 
 
 class StaticNeuralGraph(_TinyBase):
@@ -125,17 +145,36 @@ class StaticNeuralGraph(_TinyBase):
     nodes, which lie inside it (reference README 4.2).
     """
 
-    def __init__(self, *, dim: int = 800, downsample_dim: int = 32, feature_dim: int = 100,
-                 layers: int = 5, image_size: int = 32, in_channels: int = 3,
-                 output_size: int = 10, graph: str = "dnw", prune_rate: float = 0.95,
-                 rho: float = 0.5, td_abs: bool = False) -> None:
-        super().__init__(dim=dim, downsample_dim=downsample_dim, feature_dim=feature_dim,
-                         image_size=image_size, in_channels=in_channels, output_size=output_size)
+    def __init__(
+        self,
+        *,
+        dim: int = 800,
+        downsample_dim: int = 32,
+        feature_dim: int = 100,
+        layers: int = 5,
+        image_size: int = 32,
+        in_channels: int = 3,
+        output_size: int = 10,
+        graph: str = "dnw",
+        prune_rate: float = 0.95,
+        rho: float = 0.5,
+        td_abs: bool = False,
+    ) -> None:
+        super().__init__(
+            dim=dim,
+            downsample_dim=downsample_dim,
+            feature_dim=feature_dim,
+            image_size=image_size,
+            in_channels=in_channels,
+            output_size=output_size,
+        )
         self.layers = layers
         self.block_sz = static_groups(dim, downsample_dim, layers)
         if feature_dim > self.block_sz[-1]:
-            raise ValueError(f"feature_dim {feature_dim} exceeds the last node group "
-                             f"({self.block_sz[-1]} nodes): lower feature_dim or raise dim")
+            raise ValueError(
+                f"feature_dim {feature_dim} exceeds the last node group "
+                f"({self.block_sz[-1]} nodes): lower feature_dim or raise dim"
+            )
         self.block_rng = [0]
         for size in self.block_sz:
             self.block_rng.append(self.block_rng[-1] + size)
@@ -143,8 +182,9 @@ class StaticNeuralGraph(_TinyBase):
 
         self.downsample = _stem(in_channels, downsample_dim)
         self.conv = _depthwise(dim)
-        self.graph = make_graph(graph, prune_rate, dim, dim, allowed=self.allowed_edges(),
-                                rho=rho, td_abs=td_abs)
+        self.graph = make_graph(
+            graph, prune_rate, dim, dim, allowed=self.allowed_edges(), rho=rho, td_abs=td_abs
+        )
         self.relu = nn.ReLU(inplace=True)
         self.pool = nn.AvgPool2d(2)
         self.fc = nn.Linear(feature_dim, output_size)
@@ -165,8 +205,10 @@ class StaticNeuralGraph(_TinyBase):
         w = self.graph.get_weight()  # once per forward, shared by every step
         edges = weight_slices(  # group i's out-edges; the column ranges do not overlap
             w,
-            [(slice(r0, None), slice(lo, hi))
-             for r0, lo, hi in zip(self.targets, self.block_rng, self.block_rng[1:])],
+            [
+                (slice(r0, None), slice(lo, hi))
+                for r0, lo, hi in zip(self.targets, self.block_rng, self.block_rng[1:])
+            ],
         )
         out = None
         for i in range(self.layers):
@@ -190,12 +232,29 @@ class StaticNeuralGraph(_TinyBase):
 class DiscreteTimeNeuralGraph(_TinyBase):
     """``layers`` steps of: ReLU, depthwise conv, graph (every node to every node), InstanceNorm."""
 
-    def __init__(self, *, dim: int = 800, downsample_dim: int = 32, feature_dim: int = 100,
-                 layers: int = 5, image_size: int = 32, in_channels: int = 3,
-                 output_size: int = 10, graph: str = "dnw", prune_rate: float = 0.95,
-                 rho: float = 0.5, td_abs: bool = False) -> None:
-        super().__init__(dim=dim, downsample_dim=downsample_dim, feature_dim=feature_dim,
-                         image_size=image_size, in_channels=in_channels, output_size=output_size)
+    def __init__(
+        self,
+        *,
+        dim: int = 800,
+        downsample_dim: int = 32,
+        feature_dim: int = 100,
+        layers: int = 5,
+        image_size: int = 32,
+        in_channels: int = 3,
+        output_size: int = 10,
+        graph: str = "dnw",
+        prune_rate: float = 0.95,
+        rho: float = 0.5,
+        td_abs: bool = False,
+    ) -> None:
+        super().__init__(
+            dim=dim,
+            downsample_dim=downsample_dim,
+            feature_dim=feature_dim,
+            image_size=image_size,
+            in_channels=in_channels,
+            output_size=output_size,
+        )
         self.layers = layers
         self.downsample = _stem(in_channels, downsample_dim)
         self.conv = _depthwise(dim)
@@ -241,8 +300,16 @@ class ODEFunc(nn.Module):
     models learned (SPEC section 8). ``False`` gives the clean ODE.
     """
 
-    def __init__(self, *, dim: int, graph: str, prune_rate: float, rho: float = 0.5,
-                 td_abs: bool = False, inplace_relu: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        dim: int,
+        graph: str,
+        prune_rate: float,
+        rho: float = 0.5,
+        td_abs: bool = False,
+        inplace_relu: bool = True,
+    ) -> None:
         super().__init__()
         self.conv = _depthwise(dim)
         self.graph = make_graph(graph, prune_rate, dim, dim, rho=rho, td_abs=td_abs)
@@ -280,17 +347,41 @@ class ODEBlock(nn.Module):
 class ContinuousTimeNeuralGraph(_TinyBase):
     """The discrete update made continuous: an ODE over the node states (torchdiffeq)."""
 
-    def __init__(self, *, dim: int = 800, downsample_dim: int = 32, feature_dim: int = 100,
-                 image_size: int = 32, in_channels: int = 3, output_size: int = 10,
-                 graph: str = "dnw", prune_rate: float = 0.95, rho: float = 0.5,
-                 td_abs: bool = False, inplace_relu: bool = True, tol: float = 1e-3) -> None:
-        super().__init__(dim=dim, downsample_dim=downsample_dim, feature_dim=feature_dim,
-                         image_size=image_size, in_channels=in_channels, output_size=output_size)
+    def __init__(
+        self,
+        *,
+        dim: int = 800,
+        downsample_dim: int = 32,
+        feature_dim: int = 100,
+        image_size: int = 32,
+        in_channels: int = 3,
+        output_size: int = 10,
+        graph: str = "dnw",
+        prune_rate: float = 0.95,
+        rho: float = 0.5,
+        td_abs: bool = False,
+        inplace_relu: bool = True,
+        tol: float = 1e-3,
+    ) -> None:
+        super().__init__(
+            dim=dim,
+            downsample_dim=downsample_dim,
+            feature_dim=feature_dim,
+            image_size=image_size,
+            in_channels=in_channels,
+            output_size=output_size,
+        )
         self.downsample = _stem(in_channels, downsample_dim)
         self.pool = nn.AvgPool2d(2)
         self.fc = nn.Linear(feature_dim, output_size)
-        func = ODEFunc(dim=dim, graph=graph, prune_rate=prune_rate, rho=rho, td_abs=td_abs,
-                       inplace_relu=inplace_relu)
+        func = ODEFunc(
+            dim=dim,
+            graph=graph,
+            prune_rate=prune_rate,
+            rho=rho,
+            td_abs=td_abs,
+            inplace_relu=inplace_relu,
+        )
         self.odesolve = ODEBlock(func, tol=tol)
 
     @property

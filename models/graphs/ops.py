@@ -73,7 +73,9 @@ def _csr(w2d: Tensor) -> Tensor:
         warnings.simplefilter("ignore", UserWarning)
         m = w2d.to_sparse_csr()
         return torch.sparse_csr_tensor(
-            m.crow_indices().to(torch.int32), m.col_indices().to(torch.int32), m.values(),
+            m.crow_indices().to(torch.int32),
+            m.col_indices().to(torch.int32),
+            m.values(),
             m.shape,
         )
 

@@ -19,13 +19,38 @@ def test_values_parse_as_int_then_float_then_string():
 
 
 def test_grammar_lists_flags_noflags_gpus_data_dir():
-    app, o = parse_argv([f"app:{APP}", "--gpus", "0", "1", "--data-dir", "/d", "--lr", "0.5",
-                         "--evaluate", "--nonestorov", "--topk", "1", "3", "--batch_size", "64",
-                         "--multistep_lr_milestones", "5"])
+    app, o = parse_argv(
+        [
+            f"app:{APP}",
+            "--gpus",
+            "0",
+            "1",
+            "--data-dir",
+            "/d",
+            "--lr",
+            "0.5",
+            "--evaluate",
+            "--nonestorov",
+            "--topk",
+            "1",
+            "3",
+            "--batch_size",
+            "64",
+            "--multistep_lr_milestones",
+            "5",
+        ]
+    )
     assert app == APP
-    assert o == {"gpus": [0, 1], "data_dir": "/d", "lr": 0.5, "evaluate": True,
-                 "nestorov": False, "topk": [1, 3], "batch_size": 64,
-                 "multistep_lr_milestones": 5}
+    assert o == {
+        "gpus": [0, 1],
+        "data_dir": "/d",
+        "lr": 0.5,
+        "evaluate": True,
+        "nestorov": False,
+        "topk": [1, 3],
+        "batch_size": 64,
+        "multistep_lr_milestones": 5,
+    }
     cfg = load_config(app, o)
     assert cfg.gpus == [0, 1] and cfg.data_dir == "/d" and cfg.lr == 0.5
     assert cfg.evaluate is True and cfg.nestorov is False and cfg.topk == [1, 3]
@@ -39,8 +64,13 @@ def test_single_gpu_is_a_list():
 
 def test_yaml_values_and_overrides():
     cfg = load_config(APP)
-    assert (cfg.batch_size, cfg.lr, cfg.prune_rate, cfg.dim, cfg.graph) == (512, 0.1, 0.95, 800,
-                                                                            "dnw")
+    assert (cfg.batch_size, cfg.lr, cfg.prune_rate, cfg.dim, cfg.graph) == (
+        512,
+        0.1,
+        0.95,
+        800,
+        "dnw",
+    )
     assert cfg.multistep_lr_milestones == [80, 120] and cfg.seed == 1996
     cfg2 = load_config(APP, {"prune_rate": 0.5, "graph": "random"})
     assert cfg2.prune_rate == 0.5 and cfg2.graph == "random" and cfg.prune_rate == 0.95
@@ -49,8 +79,7 @@ def test_yaml_values_and_overrides():
 
 
 def test_run_title_is_the_originals():
-    t = run_title(APP, {"gpus": [0], "data_dir": "/d", "lr": 0.5, "topk": [1, 5],
-                        "save_dir": "x"})
+    t = run_title(APP, {"gpus": [0], "data_dir": "/d", "lr": 0.5, "topk": [1, 5], "save_dir": "x"})
     assert t == "base=static_dnw_lr=0.5_topk=[1,5]"
 
 
@@ -60,17 +89,20 @@ def test_every_experiment_file_loads(path):
     assert isinstance(cfg, Config) and cfg.model and cfg.data
 
 
-@pytest.mark.parametrize("overrides, words", [
-    ({"lrr": 0.1}, ["unknown key 'lrr'", "did you mean 'lr'"]),
-    ({"prune_rate": 1.0}, ["prune_rate", "[0, 1)"]),
-    ({"prune_rate": -0.1}, ["prune_rate"]),
-    ({"batch_size": "big"}, ["batch_size", "integer"]),
-    ({"batch_size": 0}, ["batch_size", "positive"]),
-    ({"num_epochs": 0}, ["num_epochs"]),
-    ({"graph": "dense"}, ["graph", "'dnw'"]),
-    ({"nestorov": "maybe"}, ["nestorov", "True or False"]),
-    ({"topk": [1, 50]}, ["topk"]),
-])
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        ({"lrr": 0.1}, ["unknown key 'lrr'", "did you mean 'lr'"]),
+        ({"prune_rate": 1.0}, ["prune_rate", "[0, 1)"]),
+        ({"prune_rate": -0.1}, ["prune_rate"]),
+        ({"batch_size": "big"}, ["batch_size", "integer"]),
+        ({"batch_size": 0}, ["batch_size", "positive"]),
+        ({"num_epochs": 0}, ["num_epochs"]),
+        ({"graph": "dense"}, ["graph", "'dnw'"]),
+        ({"nestorov": "maybe"}, ["nestorov", "True or False"]),
+        ({"topk": [1, 50]}, ["topk"]),
+    ],
+)
 def test_bad_values_name_the_problem(overrides, words):
     with pytest.raises(ConfigError) as e:
         load_config(APP, overrides)
@@ -94,8 +126,10 @@ def test_bad_files(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(str(broken))
     unknown = tmp_path / "unknown.yml"
-    unknown.write_text("model: models.graphs.neuralgraph:StaticNeuralGraph\n"
-                       "data: data.digits:Digits\nprune_rat: 0.5\n")
+    unknown.write_text(
+        "model: models.graphs.neuralgraph:StaticNeuralGraph\n"
+        "data: data.digits:Digits\nprune_rat: 0.5\n"
+    )
     with pytest.raises(ConfigError, match="did you mean 'prune_rate'"):
         load_config(str(unknown))
 

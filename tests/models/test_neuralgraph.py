@@ -15,8 +15,12 @@ from models.graphs.neuralgraph import (
 )
 
 SMALL = [
-    "static_dnw", "static_random_graph", "discrete_time_dnw", "discrete_time_random_graph",
-    "continuous_time_dnw", "continuous_time_random_graph",
+    "static_dnw",
+    "static_random_graph",
+    "discrete_time_dnw",
+    "discrete_time_random_graph",
+    "continuous_time_dnw",
+    "continuous_time_random_graph",
 ]
 
 
@@ -37,12 +41,20 @@ def test_state_dict_and_parameter_count_match_the_original(reference_dir, name):
     assert graph.num_kept == ref["graph_modules"][0]["num_kept"] == 32000
 
 
-@pytest.mark.parametrize("cls", [StaticNeuralGraph, DiscreteTimeNeuralGraph,
-                                 ContinuousTimeNeuralGraph])
+@pytest.mark.parametrize(
+    "cls", [StaticNeuralGraph, DiscreteTimeNeuralGraph, ContinuousTimeNeuralGraph]
+)
 def test_forward_backward_shapes(cls):
     torch.manual_seed(0)
-    model = cls(dim=96, downsample_dim=32, feature_dim=16, image_size=16, output_size=7,
-                prune_rate=0.8, **({} if cls is ContinuousTimeNeuralGraph else {"layers": 5}))
+    model = cls(
+        dim=96,
+        downsample_dim=32,
+        feature_dim=16,
+        image_size=16,
+        output_size=7,
+        prune_rate=0.8,
+        **({} if cls is ContinuousTimeNeuralGraph else {"layers": 5}),
+    )
     out = model(torch.randn(3, 3, 16, 16))
     assert out.shape == (3, 7)
     out.sum().backward()

@@ -52,7 +52,9 @@ def test_graph_conv_takes_the_dense_path_when_the_weight_is_dense():
 def test_weight_slices_give_the_gradient_of_plain_slicing():
     w0 = torch.randn(10, 12, 1, 1)
     regions = [
-        (slice(None), slice(0, 4)), (slice(3, None), slice(4, 9)), (slice(8, 10), slice(9, 12))
+        (slice(None), slice(0, 4)),
+        (slice(3, None), slice(4, 9)),
+        (slice(8, 10), slice(9, 12)),
     ]
     grads = []
     for take in (lambda w: weight_slices(w, regions), lambda w: [w[r] for r in regions]):

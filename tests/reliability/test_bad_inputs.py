@@ -20,8 +20,7 @@ import torch
 from tests.data.fakes import make_cifar10
 from tests.reliability.util import QUICKSTART, ROOT, run_main, tree_hash
 
-EXISTING = [QUICKSTART, "--dim", "160", "--feature_dim", "32", "--num_epochs", "1",
-            "--noprogress"]
+EXISTING = [QUICKSTART, "--dim", "160", "--feature_dim", "32", "--num_epochs", "1", "--noprogress"]
 QS = Path(ROOT, "apps", "quickstart", "static_dnw.yml").read_text()
 IMAGENET_APP = "app:apps/large_scale/mobilenetv1_dnw_x225.yml"
 CIFAR_APP = "app:apps/small_scale/static_dnw.yml"
@@ -41,24 +40,51 @@ def _yml(text: str) -> dict:
 
 
 ROWS = [
-    Row("yaml syntax error", ["app:{in}/exp.yml"], ["not valid YAML", "at line"],
-        files=_yml("model: models.graphs.neuralgraph:StaticNeuralGraph\ndata: [digits\n")),
+    Row(
+        "yaml syntax error",
+        ["app:{in}/exp.yml"],
+        ["not valid YAML", "at line"],
+        files=_yml("model: models.graphs.neuralgraph:StaticNeuralGraph\ndata: [digits\n"),
+    ),
     Row("yaml not a mapping", ["app:{in}/exp.yml"], ["not a mapping"], files=_yml("- a\n- b\n")),
     Row("empty experiment file", ["app:{in}/exp.yml"], ["is empty"], files=_yml("")),
-    Row("comment-only experiment file", ["app:{in}/exp.yml"], ["is empty"],
-        files=_yml("# nothing\n")),
-    Row("binary experiment file", ["app:{in}/exp.yml"], ["exp.yml"],
-        files={"exp.yml": b"\xff\xfe\x00\x9c garbage"}),
-    Row("wrong type in yml", ["app:{in}/exp.yml"], ["batch_size", "integer"],
-        files=_yml(QS.replace("batch_size: 64", "batch_size: lots"))),
-    Row("list where a number goes", ["app:{in}/exp.yml"], ["lr=", "number"],
-        files=_yml(QS.replace("lr: 0.1", "lr: [0.1, 0.2]"))),
+    Row(
+        "comment-only experiment file",
+        ["app:{in}/exp.yml"],
+        ["is empty"],
+        files=_yml("# nothing\n"),
+    ),
+    Row(
+        "binary experiment file",
+        ["app:{in}/exp.yml"],
+        ["exp.yml"],
+        files={"exp.yml": b"\xff\xfe\x00\x9c garbage"},
+    ),
+    Row(
+        "wrong type in yml",
+        ["app:{in}/exp.yml"],
+        ["batch_size", "integer"],
+        files=_yml(QS.replace("batch_size: 64", "batch_size: lots")),
+    ),
+    Row(
+        "list where a number goes",
+        ["app:{in}/exp.yml"],
+        ["lr=", "number"],
+        files=_yml(QS.replace("lr: 0.1", "lr: [0.1, 0.2]")),
+    ),
     Row("wrong type on the command line", [QUICKSTART, "--lr", "fast"], ["lr=", "number"]),
     Row("float for an integer", [QUICKSTART, "--seed", "1.5"], ["seed", "integer"]),
-    Row("unknown key in yml", ["app:{in}/exp.yml"], ["unknown key 'bach_size'", "batch_size"],
-        files=_yml(QS + "bach_size: 64\n")),
-    Row("unknown key on the command line", [QUICKSTART, "--num_epoch", "3"],
-        ["unknown key 'num_epoch'", "num_epochs"]),
+    Row(
+        "unknown key in yml",
+        ["app:{in}/exp.yml"],
+        ["unknown key 'bach_size'", "batch_size"],
+        files=_yml(QS + "bach_size: 64\n"),
+    ),
+    Row(
+        "unknown key on the command line",
+        [QUICKSTART, "--num_epoch", "3"],
+        ["unknown key 'num_epoch'", "num_epochs"],
+    ),
     Row("stray positional argument", [QUICKSTART, "oops"], ["unexpected argument 'oops'"]),
     Row("no experiment file", ["--lr", "0.1"], ["no experiment file", "app:"]),
     Row("missing experiment file", ["app:apps/nope.yml"], ["apps/nope.yml", "not found"]),
@@ -70,35 +96,70 @@ ROWS = [
     Row("prune_rate 1.0", [QUICKSTART, "--prune_rate", "1.0"], ["prune_rate", "[0, 1)"]),
     Row("unknown edge type", [QUICKSTART, "--graph", "dense"], ["graph", "'dnw'"]),
     Row("topk above the classes", [QUICKSTART, "--topk", "1", "20"], ["topk", "output_size"]),
-    Row("model the class cannot build", [QUICKSTART, "--image_size", "10"],
-        ["cannot be built", "image_size"]),
-    Row("unknown model class", ["app:{in}/exp.yml"], ["no class NoSuchGraph", "StaticNeuralGraph"],
-        files=_yml(QS.replace(":StaticNeuralGraph", ":NoSuchGraph"))),
-    Row("model module outside models.", ["app:{in}/exp.yml"], ["outside the models/"],
-        files=_yml(QS.replace("models.graphs.neuralgraph:StaticNeuralGraph", "os:system"))),
-    Row("data module outside data.", ["app:{in}/exp.yml"], ["outside the data/"],
-        files=_yml(QS.replace("data.digits:Digits", "genutil.run:CheckpointHook"))),
-    Row("missing data folder", [IMAGENET_APP, "--data-dir", "{in}/no_such_dir", "--workers", "0"],
-        ["ImageNet", "not found", "no_such_dir"]),
-    Row("data folder in the wrong layout", [CIFAR_APP, "--data-dir", "{in}/cifar_bad",
-                                            "--workers", "0"], ["data_batch_3"]),
+    Row(
+        "model the class cannot build",
+        [QUICKSTART, "--image_size", "10"],
+        ["cannot be built", "image_size"],
+    ),
+    Row(
+        "unknown model class",
+        ["app:{in}/exp.yml"],
+        ["no class NoSuchGraph", "StaticNeuralGraph"],
+        files=_yml(QS.replace(":StaticNeuralGraph", ":NoSuchGraph")),
+    ),
+    Row(
+        "model module outside models.",
+        ["app:{in}/exp.yml"],
+        ["outside the models/"],
+        files=_yml(QS.replace("models.graphs.neuralgraph:StaticNeuralGraph", "os:system")),
+    ),
+    Row(
+        "data module outside data.",
+        ["app:{in}/exp.yml"],
+        ["outside the data/"],
+        files=_yml(QS.replace("data.digits:Digits", "genutil.run:CheckpointHook")),
+    ),
+    Row(
+        "missing data folder",
+        [IMAGENET_APP, "--data-dir", "{in}/no_such_dir", "--workers", "0"],
+        ["ImageNet", "not found", "no_such_dir"],
+    ),
+    Row(
+        "data folder in the wrong layout",
+        [CIFAR_APP, "--data-dir", "{in}/cifar_bad", "--workers", "0"],
+        ["data_batch_3"],
+    ),
     Row("resume from a missing file", EXISTING + ["--resume", "{in}/nope.pt"], ["not found"]),
     Row("resume from a directory", EXISTING + ["--resume", "{in}"], ["is a directory"]),
     Row("evaluate without resume", EXISTING + ["--evaluate"], ["--evaluate needs a checkpoint"]),
     Row("truncated checkpoint", EXISTING + ["--resume", "{in}/truncated.pt"], ["truncated"]),
     Row("text file as checkpoint", EXISTING + ["--resume", "{in}/notes.pt"], ["not a"]),
-    Row("checkpoint holding a tensor", EXISTING + ["--resume", "{in}/tensor.pt"],
-        ["Tensor, not a dict"]),
-    Row("checkpoint of another model", [QUICKSTART, "--noprogress", "--resume", "{ck}"],
-        ["does not fit this model", "pass the experiment file"]),
-    Row("planted pickle that would run code", EXISTING + ["--resume", "{in}/evil.pt"],
-        ["refused", "not weights"]),
+    Row(
+        "checkpoint holding a tensor",
+        EXISTING + ["--resume", "{in}/tensor.pt"],
+        ["Tensor, not a dict"],
+    ),
+    Row(
+        "checkpoint of another model",
+        [QUICKSTART, "--noprogress", "--resume", "{ck}"],
+        ["does not fit this model", "pass the experiment file"],
+    ),
+    Row(
+        "planted pickle that would run code",
+        EXISTING + ["--resume", "{in}/evil.pt"],
+        ["refused", "not weights"],
+    ),
     Row("planted plain pickle", EXISTING + ["--resume", "{in}/evil_plain.pt"], ["refused"]),
     Row("use_graph without fine_tune", EXISTING + ["--use_graph", "{ck}"], ["fine_tune"]),
-    Row("unwritable save_dir (a file)", EXISTING + ["--save_dir", "{in}/notes.pt/ck"],
-        ["save_dir", "is a file"], own_dirs=False),
-    Row("fresh start over an existing run", EXISTING, ["already holds checkpoints",
-                                                       "--resume auto"]),
+    Row(
+        "unwritable save_dir (a file)",
+        EXISTING + ["--save_dir", "{in}/notes.pt/ck"],
+        ["save_dir", "is a file"],
+        own_dirs=False,
+    ),
+    Row(
+        "fresh start over an existing run", EXISTING, ["already holds checkpoints", "--resume auto"]
+    ),
 ]
 
 
@@ -117,8 +178,9 @@ def world(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("bad_inputs")
     inputs, existing = base / "in", base / "existing"
     inputs.mkdir()
-    result = run_main(EXISTING + ["--save_dir", str(existing / "ck"),
-                                  "--log_dir", str(existing / "runs")])
+    result = run_main(
+        EXISTING + ["--save_dir", str(existing / "ck"), "--log_dir", str(existing / "runs")]
+    )
     assert result.returncode == 0, result.stderr
     (folder,) = (existing / "ck").iterdir()
     data = (folder / "last.pt").read_bytes()
@@ -133,8 +195,13 @@ def world(tmp_path_factory) -> dict:
         pickle.dump({"model": {}, "x": _RunsCode(str(marker))}, fh, protocol=4)
     bad = make_cifar10(inputs / "cifar_bad", n_per_batch=10)
     (bad / "data_batch_3").write_bytes(b"\x80\x02not a batch")
-    return {"base": base, "inputs": inputs, "existing": existing, "ck": folder / "last.pt",
-            "marker": marker}
+    return {
+        "base": base,
+        "inputs": inputs,
+        "existing": existing,
+        "ck": folder / "last.pt",
+        "marker": marker,
+    }
 
 
 def _run_row(index: int, row: Row, world: dict) -> tuple:
@@ -157,8 +224,7 @@ def test_bad_input_table(world):
     assert len(ROWS) >= 25
     shared = tree_hash(str(world["base"]))
     with ThreadPoolExecutor(max_workers=2) as pool:
-        outcomes = list(pool.map(lambda item: _run_row(item[0], item[1], world),
-                                 enumerate(ROWS)))
+        outcomes = list(pool.map(lambda item: _run_row(item[0], item[1], world), enumerate(ROWS)))
     failures = []
     for row, (result, before, after) in zip(ROWS, outcomes):
         lines = result.stderr.strip().splitlines()
@@ -171,12 +237,14 @@ def test_bad_input_table(world):
         if missing:
             problems.append(f"line lacks {missing}: {result.stderr.strip()!r}")
         if before != after:
-            problems.append("files changed: "
-                            f"{sorted(set(before.items()) ^ set(after.items()))[:4]}")
+            problems.append(
+                f"files changed: {sorted(set(before.items()) ^ set(after.items()))[:4]}"
+            )
         if problems:
             failures.append(f"{row.name}: {'; '.join(problems)}")
-    after_all = {k: v for k, v in tree_hash(str(world["base"])).items()
-                 if not k.startswith("rows" + os.sep)}
+    after_all = {
+        k: v for k, v in tree_hash(str(world["base"])).items() if not k.startswith("rows" + os.sep)
+    }
     assert after_all == shared, "a row changed a shared input"
     assert not world["marker"].exists(), "a planted pickle ran code"
     assert not failures, "\n".join(failures)

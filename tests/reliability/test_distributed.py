@@ -61,8 +61,13 @@ def _one_step(model, optimizer, images, target) -> None:
 
 
 def _ddp_worker(rank: int, world: int, port: int, batch: str, out: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(1)
     info = distributed.init_distributed()
     try:
@@ -70,8 +75,12 @@ def _ddp_worker(rank: int, world: int, port: int, batch: str, out: str) -> None:
         model, optimizer = _model_and_optimizer()
         images, target = torch.load(batch, weights_only=True)
         share = slice(rank * len(target) // world, (rank + 1) * len(target) // world)
-        _one_step(distributed.wrap_ddp(model, torch.device("cpu")), optimizer, images[share],
-                  target[share])
+        _one_step(
+            distributed.wrap_ddp(model, torch.device("cpu")),
+            optimizer,
+            images[share],
+            target[share],
+        )
         if rank == 0:
             torch.save(model.state_dict(), out)
     finally:
@@ -84,15 +93,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_one_ddp_step_over_two_processes_equals_one_step_on_the_whole_batch(tmp_path,
-                                                                            monkeypatch):
+def test_one_ddp_step_over_two_processes_equals_one_step_on_the_whole_batch(tmp_path, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # gloo on the CPU, also on a GPU machine
     generator = torch.Generator().manual_seed(1)
     images = torch.randn(16, 3, 16, 16, generator=generator)
     target = torch.randint(0, 10, (16,), generator=generator)
     torch.save((images, target), tmp_path / "batch.pt")
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "batch.pt"),
-                                str(tmp_path / "ddp.pt")), nprocs=2, join=True)
+    mp.spawn(
+        _ddp_worker,
+        args=(2, _free_port(), str(tmp_path / "batch.pt"), str(tmp_path / "ddp.pt")),
+        nprocs=2,
+        join=True,
+    )
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
     model, optimizer = _model_and_optimizer()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -119,8 +131,12 @@ def test_resume_command_names_torchrun(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "8")
     assert resume_command([f"app:{APP}"]).startswith("torchrun <the same torchrun options> ")
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
-    assert shlex.split(resume_command(["app:a b.yml"]))[1:] == ["main.py", "app:a b.yml",
-                                                               "--resume", "auto"]
+    assert shlex.split(resume_command(["app:a b.yml"]))[1:] == [
+        "main.py",
+        "app:a b.yml",
+        "--resume",
+        "auto",
+    ]
 
 
 def _final_top1(stdout: str) -> float:
@@ -130,8 +146,14 @@ def _final_top1(stdout: str) -> float:
 
 
 def _torchrun(args: list[str]) -> subprocess.CompletedProcess:
-    result = subprocess.run(TORCHRUN + ["main.py", *args], cwd=ROOT, env=env(), text=True,
-                            capture_output=True, timeout=300)
+    result = subprocess.run(
+        TORCHRUN + ["main.py", *args],
+        cwd=ROOT,
+        env=env(),
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -152,8 +174,11 @@ def test_torchrun_two_processes_match_single_process_accuracy(tmp_path):
 def test_sigterm_to_torchrun_saves_and_resume_is_bitwise_equal(tmp_path):
     _torchrun(TINY + dirs(tmp_path / "unbroken"))
     args = ["--nproc_per_node", "2", RUNNER] + TINY + dirs(tmp_path / "stopped")
-    run = Run(["-m", "torch.distributed.run", "--standalone"] + args, script="",
-              DNW_TEST_MARK_STEPS="0.04@1")
+    run = Run(
+        ["-m", "torch.distributed.run", "--standalone"] + args,
+        script="",
+        DNW_TEST_MARK_STEPS="0.04@1",
+    )
     run.wait_for(lambda line: step_of(line) == (1, 5))
     run.proc.send_signal(signal.SIGTERM)  # what a cluster's preemption sends the launcher
     _, out, err = run.finish()  # torchrun itself reports the signal and exits non-zero

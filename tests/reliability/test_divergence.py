@@ -23,8 +23,9 @@ def _error_line(stderr: str) -> str:
 
 
 def test_nan_loss_names_epoch_and_step_and_keeps_last_good_checkpoint(tmp_path):
-    result = run_main(TINY + dirs(tmp_path), script=RUNNER,
-                      DNW_TEST_NAN_AT=str(STEPS + 7))  # epoch 1, batch 7
+    result = run_main(
+        TINY + dirs(tmp_path), script=RUNNER, DNW_TEST_NAN_AT=str(STEPS + 7)
+    )  # epoch 1, batch 7
     assert result.returncode == 2
     line = _error_line(result.stderr)
     assert f"loss is nan at epoch 1 step 7 (global step {STEPS + 7})" in line
@@ -44,5 +45,6 @@ def test_huge_learning_rate_diverges_with_one_line(tmp_path):
     line = _error_line(result.stderr)
     assert "loss is nan at epoch 0 step" in line and "lower lr" in line
     init = load(os.path.join(tmp_path, "ck", run_title(*parse_argv(args)), "init.pt"))
-    assert all(math.isfinite(float(v.float().abs().max())) for v in init["model"].values()
-               if v.numel())
+    assert all(
+        math.isfinite(float(v.float().abs().max())) for v in init["model"].values() if v.numel()
+    )

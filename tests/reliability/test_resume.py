@@ -93,10 +93,9 @@ def test_sigint_saves_mid_epoch_position_and_printed_command_resumes_exactly(unb
     assert "stopped by SIGINT at step" in out
     command = [line for line in out.splitlines() if line.startswith("resume with: ")]
     assert len(command) == 1
-    argv = shlex.split(command[0][len("resume with: "):])
+    argv = shlex.split(command[0][len("resume with: ") :])
     assert argv[-2:] == ["--resume", "auto"] and argv[1] == "main.py"
-    result = subprocess.run(argv, cwd=ROOT, env=env(), text=True, capture_output=True,
-                            timeout=120)
+    result = subprocess.run(argv, cwd=ROOT, env=env(), text=True, capture_output=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert f"batch {ckpt['batch']} of it" in result.stdout
     assert_bitwise_equal(unbroken, _last(tmp_path))
@@ -107,9 +106,26 @@ def test_sigint_saves_mid_epoch_position_and_printed_command_resumes_exactly(unb
 def test_sigterm_with_workers_and_augmentation_resumes_exactly(tmp_path):
     # CIFAR-10 layout (fake images), random crops and flips drawn in 2 worker processes
     make_cifar10(tmp_path / "data", n_per_batch=64)
-    args = [CIFAR_APP, "--data-dir", str(tmp_path / "data"), "--workers", "2", "--dim", "160",
-            "--feature_dim", "32", "--graph", "td", "--num_epochs", "2", "--batch_size", "32",
-            "--test_batch_size", "64", "--noprogress"]
+    args = [
+        CIFAR_APP,
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--workers",
+        "2",
+        "--dim",
+        "160",
+        "--feature_dim",
+        "32",
+        "--graph",
+        "td",
+        "--num_epochs",
+        "2",
+        "--batch_size",
+        "32",
+        "--test_batch_size",
+        "64",
+        "--noprogress",
+    ]
     unbroken = run_main(args + dirs(tmp_path / "unbroken"))
     assert unbroken.returncode == 0, unbroken.stderr
     run = Run(args + dirs(tmp_path / "stopped"), DNW_TEST_MARK_STEPS="0.05")
@@ -143,8 +159,10 @@ def test_kill_inside_a_checkpoint_write_keeps_the_previous_one(unbroken, tmp_pat
 def test_resume_auto_of_a_finished_run_does_nothing(unbroken, tmp_path):
     folder = os.path.dirname(unbroken)
     before = {f: os.path.getmtime(os.path.join(folder, f)) for f in os.listdir(folder)}
-    result = run_main(TINY + ["--save_dir", os.path.dirname(folder), "--log_dir",
-                              str(tmp_path), "--resume", "auto"])
+    result = run_main(
+        TINY
+        + ["--save_dir", os.path.dirname(folder), "--log_dir", str(tmp_path), "--resume", "auto"]
+    )
     assert result.returncode == 0, result.stderr
     assert "nothing to do" in result.stdout
     assert before == {f: os.path.getmtime(os.path.join(folder, f)) for f in os.listdir(folder)}

@@ -21,16 +21,27 @@ QUICKSTART = "app:apps/quickstart/static_dnw.yml"
 # A smaller quickstart: 3 epochs of 23 steps, about a second each on one idle core. Targeted
 # dropout draws from the torch RNG at every step, so a resume must restore the RNG as well as
 # the data order to end bitwise equal.
-TINY = [QUICKSTART, "--dim", "160", "--feature_dim", "32", "--graph", "td", "--num_epochs", "3",
-        "--noprogress"]
+TINY = [
+    QUICKSTART,
+    "--dim",
+    "160",
+    "--feature_dim",
+    "32",
+    "--graph",
+    "td",
+    "--num_epochs",
+    "3",
+    "--noprogress",
+]
 
 
 def env(**extra: str) -> dict:
     """The test process's environment, one thread per run (2 cores, runs side by side), and no
     GPU: these are CPU tests (bitwise equality, gloo) on any machine."""
     out = dict(os.environ)
-    out.update({"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""},
-               **extra)
+    out.update(
+        {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}, **extra
+    )
     return out
 
 
@@ -38,11 +49,18 @@ def dirs(tmp: str) -> list[str]:
     return ["--save_dir", os.path.join(tmp, "ck"), "--log_dir", os.path.join(tmp, "runs")]
 
 
-def run_main(args: list[str], *, timeout: float = 120, script: str = "main.py",
-             **env_extra: str) -> subprocess.CompletedProcess:
+def run_main(
+    args: list[str], *, timeout: float = 120, script: str = "main.py", **env_extra: str
+) -> subprocess.CompletedProcess:
     """``python main.py args`` in the repository root; stdout and stderr captured."""
-    return subprocess.run([PY, script, *args], cwd=ROOT, env=env(**env_extra), text=True,
-                          capture_output=True, timeout=timeout)
+    return subprocess.run(
+        [PY, script, *args],
+        cwd=ROOT,
+        env=env(**env_extra),
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+    )
 
 
 class Run:
@@ -50,8 +68,14 @@ class Run:
 
     def __init__(self, args: list[str], *, script: str = RUNNER, **env_extra: str) -> None:
         command = [PY, script, *args] if script else [PY, *args]
-        self.proc = subprocess.Popen(command, cwd=ROOT, env=env(**env_extra),
-                                     text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env(**env_extra),
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         self.lines: list[str] = []
         self._queue: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -70,8 +94,10 @@ class Run:
             except queue.Empty:
                 break
             if line is None:
-                raise AssertionError(f"run ended (rc {self.proc.wait()}) before the line; "
-                                     f"stderr: {self.proc.stderr.read()[-2000:]}")
+                raise AssertionError(
+                    f"run ended (rc {self.proc.wait()}) before the line; "
+                    f"stderr: {self.proc.stderr.read()[-2000:]}"
+                )
             self.lines.append(line)
             if predicate(line):
                 return line
