@@ -444,8 +444,8 @@ def _wiring_figures(runs: dict, out: str, suffix: str) -> list[str]:
 
 
 def _run_parallel(protocol: Protocol, args, argv: list) -> list:
-    """Every unfinished run of the table in its own process, ``args.jobs`` at a time; the
-    runs that did not finish (their ``STEM:SEED``)."""
+    """Every run of the table in its own process, ``args.jobs`` at a time (a finished run's
+    process only reads its result); the runs that did not finish (their ``STEM:SEED``)."""
     import subprocess  # noqa: PLC0415
     from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
 
@@ -515,11 +515,13 @@ def main(argv: Optional[list[str]] = None) -> int:
             stem, seed = args.run.rsplit(":", 1)
             setting = next(s for s, st, _, _ in ROWS if st == stem)
             return 0 if run_row(stem, setting, int(seed), protocol, args) else 130
-        start = time.perf_counter()
-        table_time = os.path.join(args.work, "logs", f"table_{protocol.name}.seconds")
         if args.jobs > 1:
+            start = time.perf_counter()
             failed = _run_parallel(protocol, args, argv if argv is not None else sys.argv[1:])
-            elapsed = _add_time(table_time, time.perf_counter() - start)
+            elapsed = _add_time(
+                os.path.join(args.work, "logs", f"table_{protocol.name}.seconds"),
+                time.perf_counter() - start,
+            )
             if failed:
                 print(
                     f"stopped or failed: {', '.join(failed)}; run the same command again to "

@@ -274,14 +274,14 @@ class DiscreteTimeNeuralGraph(_TinyBase):
         # The weight does not change within a forward: one top-k serves all time steps (the
         # straight-through gradient is the same sum either way).
         w = self.graph.get_weight()
-        on_cpu = x.device.type == "cpu"
-        shared = sparse_weight(w) if on_cpu and self.layers > 2 else None
+        # the middle steps use the whole weight: its sparse form is made once for all of them
+        shared = sparse_weight(w) if self.layers > 2 else None
         first = self.dim - self.feature_dim
         for t in range(self.layers):
             c_in = out.shape[1]
             lo = first if t == self.layers - 1 else 0
             w_t = w[lo:, :c_in]
-            sparse = shared if w_t.shape == w.shape else (sparse_weight(w_t) if on_cpu else None)
+            sparse = shared if w_t.shape == w.shape else True  # True: graph_conv decides
             h = F.conv2d(self.relu(out), self.conv.weight[:c_in], padding=1, groups=c_in)
             out = instance_norm(graph_conv(h, w_t, sparse), self.norm, lo)
         return self._readout(out)

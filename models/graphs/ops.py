@@ -120,23 +120,28 @@ class _SparseGraphConv(torch.autograd.Function):
 
 
 class SparseWeight:
-    """A graph weight's CSR forms, made once and shared by every product with it."""
+    """A graph weight's CSR form, made once and shared by every product with it; the transposed
+    form (for input gradients) is made on first use and kept too."""
 
-    def __init__(self, w: Tensor, need_transpose: bool) -> None:
-        w2d = w.detach().reshape(w.shape[0], w.shape[1])
-        self.weight = w
-        self.csr = _csr(w2d)
-        self.csr_t = _csr(w2d.t()) if need_transpose else None
+    def __init__(self, w: Tensor) -> None:
+        self._w2d = w.detach().reshape(w.shape[0], w.shape[1])
+        self.csr = _csr(self._w2d)
+        self._csr_t: Tensor | None = None
+
+    def transposed(self) -> Tensor:
+        if self._csr_t is None:
+            self._csr_t = _csr(self._w2d.t())
+        return self._csr_t
 
 
 def sparse_weight(w: Tensor) -> SparseWeight | None:
-    """The CSR forms of ``w`` if the sparse path pays for it, else None."""
+    """The CSR form of ``w`` if the sparse path pays for it, else None."""
     if not _ENABLED or w.device.type != "cpu" or w.dtype != torch.float32 or _compiling():
         return None
     w2d = w.detach().reshape(w.shape[0], -1)
     if int(torch.count_nonzero(w2d)) > SPARSE_MAX_DENSITY * w2d.numel():
         return None
-    return SparseWeight(w, torch.is_grad_enabled())
+    return SparseWeight(w)
 
 
 def graph_conv(x: Tensor, w: Tensor, sparse: SparseWeight | None | bool = True) -> Tensor:
@@ -145,15 +150,15 @@ def graph_conv(x: Tensor, w: Tensor, sparse: SparseWeight | None | bool = True) 
     ``sparse``: a ``SparseWeight`` of ``w`` made earlier (shared by the time steps), True to
     decide here, False or None for the dense convolution.
     """
+    if not _fast_cpu(x):
+        return F.conv2d(x, w)
     if sparse is True:
-        sparse = sparse_weight(w) if _fast_cpu(x) else None
-    if not sparse or not _fast_cpu(x):
+        sparse = sparse_weight(w)
+    if not sparse:
         return F.conv2d(x, w)
     if not torch.is_grad_enabled() or not (x.requires_grad or w.requires_grad):
         return _per_sample_mm(sparse.csr, x.contiguous(), w.shape[0])
-    csr_t = sparse.csr_t
-    if csr_t is None and x.requires_grad:
-        csr_t = _csr(w.detach().reshape(w.shape[0], w.shape[1]).t())
+    csr_t = sparse.transposed() if x.requires_grad else None
     return _SparseGraphConv.apply(x, w, sparse.csr, csr_t)
 
 
