@@ -19,6 +19,7 @@ op; results equal the plain ops' up to the order of the float sums.
 from __future__ import annotations
 
 import warnings
+import weakref
 
 import torch
 import torch.nn as nn
@@ -134,10 +135,34 @@ class SparseWeight:
         return self._csr_t
 
 
+# Without autograd (evaluation) the effective weight is cached by its Graph until it changes
+# (Graph.get_weight), so its sparse forms can be kept as long as that tensor lives: id(base
+# tensor) -> (weak reference to it, its version, {(offset, shape, strides): SparseWeight|None}).
+# An entry goes when its tensor is freed.
+_NO_GRAD_CACHE: dict = {}
+
+
 def sparse_weight(w: Tensor) -> SparseWeight | None:
-    """The CSR form of ``w`` if the sparse path pays for it, else None."""
+    """The CSR form of ``w`` if the sparse path pays for it, else None. Without autograd the
+    answer is kept for as long as ``w`` (or the tensor it views) lives unchanged."""
     if not _ENABLED or w.device.type != "cpu" or w.dtype != torch.float32 or _compiling():
         return None
+    if torch.is_grad_enabled():
+        return _make_sparse_weight(w)
+    base = w if w._base is None else w._base
+    entry = _NO_GRAD_CACHE.get(id(base))
+    if entry is None or entry[0]() is not base or entry[1] != base._version:
+        key = id(base)
+        ref = weakref.ref(base, lambda _, key=key: _NO_GRAD_CACHE.pop(key, None))
+        entry = _NO_GRAD_CACHE[key] = (ref, base._version, {})
+    forms = entry[2]
+    key = (w.storage_offset(), tuple(w.shape), w.stride())
+    if key not in forms:
+        forms[key] = _make_sparse_weight(w)
+    return forms[key]
+
+
+def _make_sparse_weight(w: Tensor) -> SparseWeight | None:
     w2d = w.detach().reshape(w.shape[0], -1)
     if int(torch.count_nonzero(w2d)) > SPARSE_MAX_DENSITY * w2d.numel():
         return None

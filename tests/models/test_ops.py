@@ -158,3 +158,30 @@ def test_fast_paths_can_be_switched_off():
         assert sparse_weight(w) is None
     finally:
         ops.cpu_fast_paths(True)
+
+
+def test_sparse_forms_are_kept_without_autograd_until_the_weight_changes():
+    w = _sparse(40, 30, 0.05)
+    x = torch.randn(2, 30, 4, 4)
+    with torch.no_grad():
+        first = sparse_weight(w[:, :20])
+        assert sparse_weight(w[:, :20]) is first  # a new view of the same tensor: kept
+        assert sparse_weight(w[:, 20:]) is not first  # another region: its own form
+        w.mul_(2)  # an in-place change makes a new form
+        assert sparse_weight(w[:, :20]) is not first
+        _close(graph_conv(x, w), F.conv2d(x, w))
+    assert sparse_weight(w) is not sparse_weight(w)  # with autograd: made every time
+
+
+def test_eval_forwards_reuse_sparse_forms_and_follow_weight_changes():
+    torch.manual_seed(0)
+    model = api.build_model("apps/small_scale/static_dnw.yml").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        first = model(x)
+        assert torch.equal(model(x), first)
+        model.graph.weight.mul_(-1)  # flips every edge: the same wiring, negated weights
+        changed = model(x)
+        reference = original_static(model, x)
+    assert not torch.allclose(changed, first)
+    _close(changed, reference)
