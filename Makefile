@@ -6,12 +6,25 @@ PY := $(VENV)/bin/python
 DGL_VENV := .venv-dgl
 DGL_PY := $(DGL_VENV)/bin/python
 
+# pip install -r $(2) into the interpreter $(1), robust to a dropped connection: pip resumes a
+# broken download in place (--resume-retries) and the whole install is tried up to 4 times, 20 s
+# apart (wheels already fetched come from pip's cache). The DGL environment fetches about 2.5 GB
+# of CUDA wheels from PyPI (torch 2.2.1 has no CPU build there), where one dropped connection
+# used to fail the build.
+define pip_install
+	for attempt in 1 2 3 4; do \
+	  $(1) -m pip install -q --retries 10 --resume-retries 30 -r $(2) && break; \
+	  if [ $$attempt = 4 ]; then echo "pip install -r $(2) failed 4 times: check the network to PyPI" >&2; exit 1; fi; \
+	  echo "pip install -r $(2) failed (attempt $$attempt of 4); retrying in 20 s" >&2; sleep 20; \
+	done
+endef
+
 .PHONY: quickstart test test-main test-dgl dgl-env lint reproduce-cpu check-reference clean-quickstart
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(call pip_install,$(PY),requirements.txt)
 	touch $@
 
 # Train the DNW quickstart (digits, no download, about a minute on 2 CPU cores) and print its
@@ -31,7 +44,7 @@ test-main: $(VENV)/.installed
 $(DGL_VENV)/.installed: requirements-dgl.txt
 	test -x $(DGL_PY) || $(PYTHON) -m venv $(DGL_VENV)
 	$(DGL_PY) -m pip install -q --upgrade pip
-	$(DGL_PY) -m pip install -q -r requirements-dgl.txt
+	$(call pip_install,$(DGL_PY),requirements-dgl.txt)
 	touch $@
 
 dgl-env: $(DGL_VENV)/.installed
