@@ -35,6 +35,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 from genutil import api  # noqa: E402
+from genutil.allocator import keep_freed_memory  # noqa: E402
 from genutil.config import load_config  # noqa: E402
 from models.graphs.edges import Graph, topk_mask  # noqa: E402
 from models.graphs.fast import BACKENDS, dgl_available  # noqa: E402
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as main.py does (genutil/allocator.py)
     device = torch.device(args.device)
     cfg = load_config(args.app, {})
     torch.manual_seed(cfg.seed)

@@ -30,6 +30,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from genutil import api  # noqa: E402
+from genutil.allocator import keep_freed_memory  # noqa: E402
 
 DEFAULT_APPS = [
     "apps/small_scale/static_dnw.yml",
@@ -149,14 +150,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--amp", choices=["", "bf16", "fp16"], default="")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--channels_last", action="store_true")
+    p.add_argument(
+        "--system_malloc",
+        action="store_true",
+        help="leave glibc's malloc thresholds as they are (main.py raises them: "
+        "keep_freed_memory, genutil/allocator.py)",
+    )
     args = p.parse_args(argv)
+    kept = False if args.system_malloc else keep_freed_memory()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(
         f"# torch {torch.__version__}, device {device}"
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
         + f", threads {torch.get_num_threads()}, amp {args.amp or 'off'}, "
-        f"compile {args.compile}, channels_last {args.channels_last}"
+        f"compile {args.compile}, channels_last {args.channels_last}, "
+        f"malloc keeps freed memory {kept}"
     )
     print("| experiment | weights | mode | batch | median step (s) | images/s | original | ratio |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")

@@ -30,6 +30,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from genutil import api  # noqa: E402
+from genutil.allocator import keep_freed_memory  # noqa: E402
 from models.graphs.edges import DNW, ChooseTopEdges, Graph  # noqa: E402
 
 __all__ = ["sorted_topk_weight", "original_static", "original_discrete", "main"]
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as main.py does (genutil/allocator.py)
     rounds = args.rounds * len(args.apps) if len(args.rounds) == 1 else args.rounds
     print(f"# torch {torch.__version__}, cpu, threads {torch.get_num_threads()}, batch 128, train")
     print("| experiment | ours: median step (s) | original's formulation (s) | speed-up |")

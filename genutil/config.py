@@ -102,13 +102,26 @@ class Config:
     compile: bool = _f(False, "torch.compile the model")
     channels_last: bool = _f(False, "channels_last memory format on CUDA")
     progress: bool = _f(True, "show a progress bar per epoch")
+    keep_freed_memory: bool = _f(
+        True,
+        "glibc: keep freed memory for the next step instead of returning it to the kernel "
+        "(no page faults per step; the process keeps its peak memory; genutil/allocator.py)",
+    )
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _MAX_TITLE = 160
 _BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False}
 # Keys that select where/how a run executes, not what it is: not part of its title.
-_NOT_IN_TITLE = ("gpus", "data_dir", "save_dir", "log_dir", "resume", "progress")
+_NOT_IN_TITLE = (
+    "gpus",
+    "data_dir",
+    "save_dir",
+    "log_dir",
+    "resume",
+    "progress",
+    "keep_freed_memory",
+)
 
 
 def parse_value(token: str) -> Union[int, float, str]:

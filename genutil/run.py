@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from genutil import api, distributed
+from genutil.allocator import keep_freed_memory
 from genutil.checkpoint import load_model_state, model_state, read_checkpoint, remove_stale_temps
 from genutil.config import Config
 from genutil.distributed import DistInfo
@@ -188,6 +189,8 @@ def _run(
     )
 
     torch.backends.cudnn.benchmark = True
+    if cfg.keep_freed_memory:
+        keep_freed_memory()  # no fresh pages per step on the CPU side (genutil/allocator.py)
     seed_everything(cfg.seed)
     model = api.model_from_config(cfg)
     if info.enabled and info.rank:

@@ -42,6 +42,17 @@ def num_pruned(prune_rate: float, numel: int) -> int:
     return int(float(prune_rate) * numel)
 
 
+# kth_smallest brackets from this size on (below it kthvalue is as fast). A sample of about
+# 5 sqrt(n) values was the fastest on the project's CPU from 0.6 M (static tiny model: 1.8 vs
+# 4.6-7.4 ms) to 8.65 M entries (largest medium-scale graph: 18-20 vs 122-136 ms).
+BRACKET_MIN = 1 << 19
+
+
+def sample_stride(n: int) -> int:
+    """Stride of kth_smallest's sample of ``n`` entries (about 5 sqrt(n) of them)."""
+    return max(1, n // int(5 * math.sqrt(n)))
+
+
 def kth_smallest(flat: Tensor, k: int) -> Tensor:
     """The ``k``-th smallest value (1-based) of a 1-D tensor, exactly as ``torch.kthvalue``.
 
@@ -52,9 +63,9 @@ def kth_smallest(flat: Tensor, k: int) -> Tensor:
     selection runs, so the result never depends on the sample.
     """
     n = flat.numel()
-    if n < (1 << 20):
+    if n < BRACKET_MIN:
         return torch.kthvalue(flat, k).values
-    sample = flat[:: n // 65536].sort().values  # about 64k values, in order
+    sample = flat[:: sample_stride(n)].sort().values  # about 5 sqrt(n) values, in order
     m = sample.numel()
     q = k / n
     pos = q * m

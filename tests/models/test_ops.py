@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from bench.vs_original import original_discrete, original_static
 from genutil import api
 from models.graphs import ops
-from models.graphs.edges import kth_smallest, topk_mask
+from models.graphs.edges import BRACKET_MIN, kth_smallest, sample_stride, topk_mask
 from models.graphs.mobilenetv1like import Block
 from models.graphs.ops import graph_conv, instance_norm, sparse_weight, weight_slices
 
@@ -76,7 +76,7 @@ def test_instance_norm_fast_path_equals_the_module():
     _close(instance_norm(x[:, 2:], norm, lo=2), norm(x)[:, 2:])
 
 
-@pytest.mark.parametrize("n", [1000, 3_000_000])
+@pytest.mark.parametrize("n", [1000, BRACKET_MIN, 640_000, 3_000_000])
 def test_kth_smallest_equals_kthvalue(n):
     flat = torch.randn(n, generator=torch.Generator().manual_seed(n)).abs()
     for k in (1, 2, n // 3, int(0.95 * n), n - 1, n):
@@ -86,7 +86,7 @@ def test_kth_smallest_equals_kthvalue(n):
 def test_kth_smallest_is_exact_when_the_sample_misleads():
     n = 2_000_000
     flat = torch.rand(n)
-    flat[:: n // 65536] = 10.0  # every sampled entry is the largest value: bracket misses
+    flat[:: sample_stride(n)] = 10.0  # every sampled entry is the largest value: bracket misses
     k = n // 2
     assert kth_smallest(flat, k) == torch.kthvalue(flat, k).values
 
