@@ -11,10 +11,11 @@ Two things decide what epoch ``e`` looks like:
   augmentation draws from the global torch RNG of the main process; the trainer stores that RNG
   state in checkpoints and restores it on resume, which makes the stream continue unchanged.
 
-Workers are deliberately not persistent: a persistent worker is seeded once when it starts and
-keeps its RNG state across epochs (torch's ``_ResumeIteration`` does not reseed it), so epoch ``e``
-of a resumed run would get different crops and flips than epoch ``e`` of an unbroken run.
-Restarting workers costs about a second per epoch; bitwise resume is worth more.
+Workers are not persistent unless asked (``persistent_workers``): a persistent worker is seeded
+once when it starts and keeps its RNG state across epochs (torch's ``_ResumeIteration`` does not
+reseed it), so epoch ``e`` of a resumed run would get different crops and flips than epoch ``e``
+of an unbroken run (the order of the samples stays the same: the sampler is in this process).
+Restarting workers costs about a second per epoch; by default bitwise resume is worth more.
 """
 
 from __future__ import annotations
@@ -138,13 +139,15 @@ def build_loader(
     seed: int,
     distributed: bool = False,
     drop_last: bool = False,
+    persistent_workers: bool = False,
 ) -> SeededLoader:
     """A DataLoader whose epoch ``e`` (after ``set_epoch(loader, e)``) is the same in every run.
 
     ``shuffle`` picks :class:`EpochShuffleSampler` (or ``DistributedSampler(seed=seed)`` when
     ``distributed``); without shuffle the order is sequential (or :class:`ShardSampler` when
     ``distributed``). Starts at epoch 0, so a loop that never calls ``set_epoch`` still gets a
-    fixed first epoch.
+    fixed first epoch. ``persistent_workers`` keeps the worker processes across epochs (faster
+    epoch starts; see the module docstring for what that costs a resumed run).
     """
     num_samples = len(dataset)  # type: ignore[arg-type]
     sampler: Sampler[int] | None
@@ -168,7 +171,7 @@ def build_loader(
         drop_last=drop_last,
         generator=torch.Generator(),
         worker_init_fn=_seed_worker if workers > 0 else None,
-        persistent_workers=False,  # see the module docstring: persistent workers break resume
+        persistent_workers=persistent_workers and workers > 0,
     )
     loader.set_epoch(0)
     logger.debug(
@@ -192,9 +195,16 @@ def build_loaders(
     pin_memory: bool,
     seed: int,
     distributed: bool = False,
+    persistent_workers: bool = False,
 ) -> tuple[SeededLoader, SeededLoader]:
     """The (shuffled train, in-order val) pair every dataset class hands the trainer."""
-    common = dict(workers=workers, pin_memory=pin_memory, seed=seed, distributed=distributed)
+    common = dict(
+        workers=workers,
+        pin_memory=pin_memory,
+        seed=seed,
+        distributed=distributed,
+        persistent_workers=persistent_workers,
+    )
     return (
         build_loader(train, batch_size=batch_size, shuffle=True, **common),
         build_loader(val, batch_size=test_batch_size, shuffle=False, **common),

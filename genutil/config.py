@@ -102,6 +102,11 @@ class Config:
     compile: bool = _f(False, "torch.compile the model")
     channels_last: bool = _f(False, "channels_last memory format on CUDA")
     progress: bool = _f(True, "show a progress bar per epoch")
+    persistent_workers: bool = _f(
+        False,
+        "keep data-loader workers across epochs (faster epoch starts; a resumed run then "
+        "draws other augmentations than an unbroken one)",
+    )
     keep_freed_memory: bool = _f(
         True,
         "glibc: keep freed memory for the next step instead of returning it to the kernel "
@@ -121,6 +126,7 @@ _NOT_IN_TITLE = (
     "resume",
     "progress",
     "keep_freed_memory",
+    "persistent_workers",
 )
 
 

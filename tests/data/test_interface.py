@@ -59,3 +59,7 @@ def test_from_config_builds_loaders(name, tmp_path, monkeypatch):
     images, labels = next(iter(dataset.val_loader))
     assert images.shape == (6, 3, image_size, image_size) and labels.shape == (6,)
     assert int(labels.max()) < num_classes
+    assert not dataset.train_loader.persistent_workers
+    cfg.workers, cfg.persistent_workers = 1, True
+    persistent = cls.from_config(cfg)
+    assert persistent.train_loader.persistent_workers and persistent.val_loader.persistent_workers

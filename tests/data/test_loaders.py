@@ -32,9 +32,15 @@ def _epoch(loader: DataLoader, epoch: int):
     return torch.cat(indices).tolist(), torch.cat(torch_draws), torch.cat(numpy_draws)
 
 
-def _loader(workers: int, seed: int = 5) -> SeededLoader:
+def _loader(workers: int, seed: int = 5, persistent: bool = False) -> SeededLoader:
     return build_loader(
-        _RandomDraws(), batch_size=4, shuffle=True, workers=workers, pin_memory=False, seed=seed
+        _RandomDraws(),
+        batch_size=4,
+        shuffle=True,
+        workers=workers,
+        pin_memory=False,
+        seed=seed,
+        persistent_workers=persistent,
     )
 
 
@@ -136,6 +142,22 @@ def test_distributed_loaders_use_seeded_samplers(tmp_path):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_loader_settings(workers):
     loader = _loader(workers)
-    assert loader.persistent_workers is False  # persistent workers would break resume
+    assert loader.persistent_workers is False  # by default: persistent workers break resume
     assert loader.generator is not None and loader.seed == 5
     assert (loader.worker_init_fn is not None) == (workers > 0)
+
+
+def test_persistent_workers_keep_the_order_and_their_processes():
+    """Asked for, workers live across epochs; the order of each epoch is still (seed, epoch)'s,
+    the augmentation draws of a resumed epoch are not (the documented price)."""
+    persistent = _loader(workers=2, persistent=True)
+    assert persistent.persistent_workers is True
+    epochs = [_epoch(persistent, epoch) for epoch in range(3)]
+    iterator = persistent._iterator
+    assert iterator is not None  # kept between epochs
+    _epoch(persistent, 3)
+    assert persistent._iterator is iterator  # the same worker processes served epoch 3
+    for epoch, (order, draws, _) in enumerate(epochs):
+        assert order == _epoch(_loader(workers=2), epoch)[0]
+    assert not torch.equal(epochs[2][1], _epoch(_loader(workers=2, persistent=True), 2)[1])
+    assert _loader(workers=0, persistent=True).persistent_workers is False  # needs workers
