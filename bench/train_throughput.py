@@ -11,8 +11,10 @@ batch 256; ``warmup`` untimed steps then ``steps`` timed ones; images/s = batch 
     python bench/train_throughput.py --device cuda --amp bf16 --compile
 
 ``--weights fixture`` loads the reference checkpoint of that experiment where one exists (the
-original's figures were taken with them; on a CPU the cost depends on the weights, see
-bench/README.md), ``fresh`` keeps the initialisation, ``both`` runs each.
+original's figures were taken with them; on a CPU the original's cost depended on the weights,
+see bench/README.md), ``fresh`` keeps the initialisation, ``both`` runs each. Freed memory is
+kept in the process as main.py does (genutil/allocator.py); ``--system_malloc`` leaves glibc's
+defaults.
 """
 
 from __future__ import annotations
