@@ -157,7 +157,7 @@ def test_persistent_workers_keep_the_order_and_their_processes():
     assert iterator is not None  # kept between epochs
     _epoch(persistent, 3)
     assert persistent._iterator is iterator  # the same worker processes served epoch 3
-    for epoch, (order, draws, _) in enumerate(epochs):
+    for epoch, (order, _, _) in enumerate(epochs):
         assert order == _epoch(_loader(workers=2), epoch)[0]
     assert not torch.equal(epochs[2][1], _epoch(_loader(workers=2, persistent=True), 2)[1])
     assert _loader(workers=0, persistent=True).persistent_workers is False  # needs workers

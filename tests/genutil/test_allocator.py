@@ -2,7 +2,6 @@
 again (mallopt is process-wide, so each case runs in its own interpreter)."""
 
 import os
-import platform
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ from genutil import allocator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+GLIBC = allocator.is_glibc()
 
 # Three rounds (after two untimed ones) of what a run does: a training step at batch 32, then an
 # evaluation forward at batch 64, of the static tiny model; prints the minor page faults per
@@ -47,7 +46,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 3)
 """
 
 
-def _faults_per_step(mode: str) -> int:
+def _faults_per_round(mode: str) -> int:
     out = subprocess.run(
         [sys.executable, "-c", _STEPS, mode], capture_output=True, text=True, cwd=ROOT
     )
@@ -57,7 +56,7 @@ def _faults_per_step(mode: str) -> int:
 
 @pytest.mark.skipif(not GLIBC, reason="mallopt thresholds are glibc's")
 def test_training_steps_reuse_freed_memory_without_page_faults():
-    system, keep = _faults_per_step("system"), _faults_per_step("keep")
+    system, keep = _faults_per_round("system"), _faults_per_round("keep")
     # glibc maps fresh pages for the round's buffers: 7,600-16,500 in 15 runs here
     assert system > 4000, system
     # the steady state reuses the heap: 0-1,024 in 10 runs here
