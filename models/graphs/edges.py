@@ -11,10 +11,13 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+
+from models.graphs.ops import compiling
 
 __all__ = [
     "num_pruned",
@@ -42,45 +45,79 @@ def num_pruned(prune_rate: float, numel: int) -> int:
     return int(float(prune_rate) * numel)
 
 
-# kth_smallest brackets from this size on (below it kthvalue is as fast). A sample of about
-# 5 sqrt(n) values was the fastest on the project's CPU from 0.6 M (static tiny model: 1.8 vs
-# 4.6-7.4 ms) to 8.65 M entries (largest medium-scale graph: 18-20 vs 122-136 ms). On a GPU the
-# bracket starts at 2^20, where the GPU figures of bench/README.md were taken.
-BRACKET_MIN = 1 << 19
-BRACKET_MIN_GPU = 1 << 20
+# On a GPU kth_smallest brackets from this size on (below it kthvalue is as fast), with a sample
+# of about 5 sqrt(n) values (the fastest on the project's CPU from 0.6 M to 8.65 M entries,
+# where the bracket was first used; the GPU figures of bench/README.md were taken with it).
+BRACKET_MIN = 1 << 20
+# NumPy's introselect, used on the CPU, is exact and was 3.4x faster than the bracket at 0.64 M
+# entries (1.0 vs 3.4 ms) and 2.3x at 8.65 M (21 vs 47 ms) on the project's CPU, and 10x faster
+# than torch.kthvalue (bench/README.md).
+_NUMPY_DTYPES = (torch.float32, torch.float64, torch.float16)
 
 
 def sample_stride(n: int) -> int:
-    """Stride of kth_smallest's sample of ``n`` entries (about 5 sqrt(n) of them)."""
-    return max(1, n // int(5 * math.sqrt(n)))
+    """Stride of kth_smallest's sample of ``n`` entries (about 5 sqrt(n) of them).
+
+    The stride is coprime with ``n``, hence with every row length of a weight of ``n``
+    entries: a stride that divides the row length samples the same few columns of every row
+    (160 for an [800, 800] weight: columns 0, 160, ..., 640), and trained weights differ by
+    column (only the DAG's region receives gradients), so the bracket used to miss.
+    """
+    s = max(1, n // int(5 * math.sqrt(n)))
+    while math.gcd(s, n) != 1:
+        s += 1
+    return s
+
+
+def _selects_with_numpy(flat: Tensor) -> bool:
+    return (
+        flat.device.type == "cpu"
+        and flat.dtype in _NUMPY_DTYPES
+        and not torch.jit.is_scripting()
+        and not torch.jit.is_tracing()
+        and not compiling()
+    )
 
 
 def kth_smallest(flat: Tensor, k: int) -> Tensor:
     """The ``k``-th smallest value (1-based) of a 1-D tensor, exactly as ``torch.kthvalue``.
 
-    For large tensors ``kthvalue`` (a single-threaded selection over a copy) dominates a
-    medium-scale DNW step. A strided sample brackets the answer, two vectorised comparisons
-    count what lies below and inside the bracket, and the selection runs only inside it. The
-    counts prove the bracket holds the answer; if it does not (an unlucky sample), the full
-    selection runs, so the result never depends on the sample.
+    On the CPU: NumPy's ``partition`` (introselect over a copy). Elsewhere, for large tensors,
+    a strided sample brackets the answer, two vectorised comparisons count what lies below and
+    inside the bracket, and the selection runs only inside it. The counts prove the bracket
+    holds the answer; if it does not (an unlucky sample), the full selection runs, so the
+    result never depends on the sample.
     """
-    n = flat.numel()
-    if n < (BRACKET_MIN if flat.device.type == "cpu" else BRACKET_MIN_GPU):
+    if _selects_with_numpy(flat):
+        values = flat.detach().contiguous().numpy()
+        return torch.as_tensor(np.partition(values, k - 1)[k - 1])
+    inside = _bracket(flat, k)
+    if inside is None:
         return torch.kthvalue(flat, k).values
+    selection, k_inside = inside
+    return torch.kthvalue(selection, k_inside).values
+
+
+def _bracket(flat: Tensor, k: int) -> Optional[tuple[Tensor, int]]:
+    """(the entries of a sampled bracket around the ``k``-th smallest value, its rank among
+    them), or None where the tensor is small or the bracket misses."""
+    n = flat.numel()
+    if n < BRACKET_MIN:
+        return None
     sample = flat[:: sample_stride(n)].sort().values  # about 5 sqrt(n) values, in order
     m = sample.numel()
     q = k / n
     pos = q * m
     margin = 6 * math.sqrt(m * q * (1 - q)) + 32  # 6 standard deviations of the sample rank
-    lo = sample[max(int(pos - margin), 0)]
-    hi = sample[min(int(pos + margin), m - 1)]
-    below = flat < lo
-    inside = (flat <= hi) & ~below
+    lo, hi = int(pos - margin), int(pos + margin)
+    # where the margin reaches past the sample's ends the bracket is open on that side
+    below = flat < sample[lo] if lo > 0 else torch.zeros_like(flat, dtype=torch.bool)
+    inside = ~below if hi >= m - 1 else (flat <= sample[hi]) & ~below
     n_below = int(torch.count_nonzero(below))
     n_inside = int(torch.count_nonzero(inside))
     if n_below < k <= n_below + n_inside:
-        return torch.kthvalue(flat[inside], k - n_below).values
-    return torch.kthvalue(flat, k).values
+        return flat[inside], k - n_below
+    return None
 
 
 def topk_mask(scores: Tensor, num_keep: int) -> Tensor:

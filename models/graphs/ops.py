@@ -7,8 +7,10 @@ depthwise convolution and the InstanceNorm.
 - ``graph_conv``: a DNW graph keeps a few percent of its edges, but its straight-through update
   needs the gradient of every edge, used or not. So the weight gradient stays a dense product,
   while the forward ``W x`` and the input gradient ``W^T g`` touch only the kept edges: CSR
-  products (MKL through torch), one per sample, so that each works on one sample's [C, H*W]
-  plane while it is in cache (3x faster than dense at 5 %).
+  products (MKL through torch) that take 16 samples' [C, H*W] planes a call through a
+  block-diagonal form, so that each works on planes while they are in cache and the call
+  overhead is paid once per 16 samples (3x faster than dense at 5 %, and 1.7x faster than one
+  product per sample).
 - ``instance_norm``: ``group_norm`` with one channel per group is the same normalisation and is
   about 3x faster than ``instance_norm`` forward and backward.
 
@@ -26,7 +28,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["graph_conv", "sparse_weight", "instance_norm", "SPARSE_MAX_DENSITY", "cpu_fast_paths"]
+__all__ = [
+    "graph_conv",
+    "sparse_weight",
+    "instance_norm",
+    "SPARSE_MAX_DENSITY",
+    "cpu_fast_paths",
+    "compiling",
+]
 
 # Above this fraction of nonzero edges the dense convolution is as fast or faster.
 SPARSE_MAX_DENSITY = 0.15
@@ -50,7 +59,7 @@ def _fast_cpu(x: Tensor) -> bool:
         and not _autocast_on_cpu()
         and not torch.jit.is_scripting()
         and not torch.jit.is_tracing()
-        and not _compiling()
+        and not compiling()
     )
 
 
@@ -61,7 +70,7 @@ def _autocast_on_cpu() -> bool:
         return torch.is_autocast_cpu_enabled()
 
 
-def _compiling() -> bool:
+def compiling() -> bool:
     """Under torch.compile the plain ops are traced (a per-sample Python loop over CSR
     products is not something to compile); torch 2.2 has no ``torch.compiler.is_compiling``."""
     compiler = getattr(torch, "compiler", None)
@@ -81,14 +90,61 @@ def _csr(w2d: Tensor) -> Tensor:
         )
 
 
-def _per_sample_mm(csr: Tensor, x: Tensor, rows: int) -> Tensor:
-    """[B, C_in, H, W] -> [B, rows, H, W]: one CSR product per sample's [C_in, H*W] plane."""
-    b, c, h, w = x.shape
-    out = torch.empty(b, rows, h * w, dtype=x.dtype)
-    # unbind makes the 2 x b plane views in one call (b index ops cost ~10 % more)
-    for o, plane in zip(out.unbind(0), x.reshape(b, c, h * w).unbind(0)):
-        torch.addmm(o, csr, plane, beta=0, out=o)
-    return out.view(b, rows, h, w)
+# Samples per CSR product. The [C, H*W] planes of k consecutive samples are one contiguous
+# [k*C, H*W] matrix, so a block-diagonal CSR of k copies of W multiplies all k in one MKL call,
+# each plane by the same row of W in the same order as k separate products (bitwise equal). A
+# product per sample cost about 20 us of call overhead: the static model's five graph slices at
+# batch 128 took 14.7 ms per forward that way and 8.4 ms with 16 samples a call (and about as
+# much again in the input gradient). Larger blocks gained nothing more; the block form is capped
+# at BLOCK_MAX_NNZ entries (8 MB), so large graphs keep one sample a call.
+BLOCK_SAMPLES = 16
+BLOCK_MAX_NNZ = 1 << 20
+
+
+class _CsrProduct:
+    """``W x`` per sample for a CSR matrix W [rows, cols], k samples per MKL call."""
+
+    def __init__(self, csr: Tensor) -> None:
+        self.csr = csr
+        self.rows, self.cols = csr.shape
+        self.nnz = csr.values().numel()
+        self._blocks: dict[int, Tensor] = {1: csr}
+
+    def samples_per_call(self, batch: int) -> int:
+        return max(1, min(BLOCK_SAMPLES, BLOCK_MAX_NNZ // max(self.nnz, 1), batch))
+
+    def block(self, k: int) -> Tensor:
+        """The block-diagonal CSR [k*rows, k*cols] holding k copies of W."""
+        if k not in self._blocks:
+            crow, col = self.csr.crow_indices(), self.csr.col_indices()
+            copy = torch.arange(k, dtype=crow.dtype)
+            crow_k = torch.cat(
+                (
+                    (crow[:-1] + (copy * self.nnz)[:, None]).reshape(-1),
+                    crow.new_tensor([k * self.nnz]),
+                )
+            )
+            col_k = (col + (copy * self.cols)[:, None]).reshape(-1)
+            self._blocks[k] = torch.sparse_csr_tensor(
+                crow_k, col_k, self.csr.values().repeat(k), (k * self.rows, k * self.cols)
+            )
+        return self._blocks[k]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """[B, cols, H, W] (contiguous) -> [B, rows, H, W]."""
+        b, c, h, w = x.shape
+        out = torch.empty(b, self.rows, h, w, dtype=x.dtype)
+        k = self.samples_per_call(b)
+        whole = b - b % k
+        # one [k*C, H*W] view per call: unbind makes them in one go where the chunks are equal
+        x_planes = x[:whole].reshape(whole // k, k * c, h * w).unbind(0)
+        o_planes = out[:whole].view(whole // k, k * self.rows, h * w).unbind(0)
+        for o, plane in zip(o_planes, x_planes):
+            torch.addmm(o, self.block(k), plane, beta=0, out=o)
+        if whole < b:
+            o = out[whole:].view(-1, h * w)
+            torch.addmm(o, self.block(b - whole), x[whole:].reshape(-1, h * w), beta=0, out=o)
+        return out
 
 
 def _dense_weight_grad(grad: Tensor, x: Tensor) -> Tensor:
@@ -101,12 +157,11 @@ def _dense_weight_grad(grad: Tensor, x: Tensor) -> Tensor:
 
 class _SparseGraphConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, csr: Tensor, csr_t) -> Tensor:  # noqa: D102
+    def forward(ctx, x: Tensor, w: Tensor, product: _CsrProduct, product_t) -> Tensor:  # noqa: D102
         x = x.contiguous()
         ctx.save_for_backward(x)
-        ctx.csr_t = csr_t
-        ctx.shape = w.shape
-        return _per_sample_mm(csr, x, w.shape[0])
+        ctx.product_t = product_t
+        return product(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: D102
@@ -114,7 +169,7 @@ class _SparseGraphConv(torch.autograd.Function):
         grad = grad.contiguous()
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = _per_sample_mm(ctx.csr_t, grad, ctx.shape[1])
+            grad_x = ctx.product_t(grad)
         if ctx.needs_input_grad[1]:  # every edge, kept or not (the straight-through rule)
             grad_w = _dense_weight_grad(grad, x)
         return grad_x, grad_w, None, None
@@ -126,13 +181,13 @@ class SparseWeight:
 
     def __init__(self, w: Tensor) -> None:
         self._w2d = w.detach().reshape(w.shape[0], w.shape[1])
-        self.csr = _csr(self._w2d)
-        self._csr_t: Tensor | None = None
+        self.product = _CsrProduct(_csr(self._w2d))
+        self._product_t: _CsrProduct | None = None
 
-    def transposed(self) -> Tensor:
-        if self._csr_t is None:
-            self._csr_t = _csr(self._w2d.t())
-        return self._csr_t
+    def transposed(self) -> _CsrProduct:
+        if self._product_t is None:
+            self._product_t = _CsrProduct(_csr(self._w2d.t()))
+        return self._product_t
 
 
 # Without autograd (evaluation) the effective weight is cached by its Graph until it changes
@@ -145,7 +200,7 @@ _NO_GRAD_CACHE: dict = {}
 def sparse_weight(w: Tensor) -> SparseWeight | None:
     """The CSR form of ``w`` if the sparse path pays for it, else None. Without autograd the
     answer is kept for as long as ``w`` (or the tensor it views) lives unchanged."""
-    if not _ENABLED or w.device.type != "cpu" or w.dtype != torch.float32 or _compiling():
+    if not _ENABLED or w.device.type != "cpu" or w.dtype != torch.float32 or compiling():
         return None
     if torch.is_grad_enabled():
         return _make_sparse_weight(w)
@@ -182,9 +237,9 @@ def graph_conv(x: Tensor, w: Tensor, sparse: SparseWeight | None | bool = True) 
     if not sparse:
         return F.conv2d(x, w)
     if not torch.is_grad_enabled() or not (x.requires_grad or w.requires_grad):
-        return _per_sample_mm(sparse.csr, x.contiguous(), w.shape[0])
-    csr_t = sparse.transposed() if x.requires_grad else None
-    return _SparseGraphConv.apply(x, w, sparse.csr, csr_t)
+        return sparse.product(x.contiguous())
+    product_t = sparse.transposed() if x.requires_grad else None
+    return _SparseGraphConv.apply(x, w, sparse.product, product_t)
 
 
 def instance_norm(x: Tensor, norm: nn.InstanceNorm2d, lo: int = 0) -> Tensor:

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from bench.vs_original import original_discrete, original_static
 from genutil import api
 from models.graphs import ops
+from models.graphs import edges
 from models.graphs.edges import BRACKET_MIN, kth_smallest, sample_stride, topk_mask
 from models.graphs.mobilenetv1like import Block
 from models.graphs.ops import graph_conv, instance_norm, sparse_weight, weight_slices
@@ -40,6 +41,26 @@ def test_graph_conv_equals_conv2d_with_gradients(o, i, hw):
     assert (got[2][w0 == 0] != 0).any()
     with torch.no_grad():
         _close(graph_conv(x0, w0), F.conv2d(x0, w0))
+
+
+@pytest.mark.parametrize("batch,max_nnz", [(40, None), (37, None), (16, None), (9, 300)])
+def test_block_products_equal_one_product_per_sample(batch, max_nnz, monkeypatch):
+    """16 samples a call through a block-diagonal CSR (a remainder chunk of its own; one sample
+    a call where the block would exceed BLOCK_MAX_NNZ): bitwise the per-sample products."""
+    if max_nnz is not None:
+        monkeypatch.setattr(ops, "BLOCK_MAX_NNZ", max_nnz)
+    w = _sparse(60, 48, 0.08)
+    x = torch.randn(batch, 48, 5, 5)
+    sw = sparse_weight(w)
+    k = sw.product.samples_per_call(batch)
+    assert k == (min(16, batch) if max_nnz is None else max(1, max_nnz // sw.product.nnz))
+    csr = sw.product.csr
+    per_sample = torch.stack([torch.mm(csr, xb.reshape(48, 25)) for xb in x]).view(batch, 60, 5, 5)
+    assert torch.equal(sw.product(x), per_sample)
+    csr_t = sw.transposed().csr
+    g = torch.randn(batch, 60, 5, 5)
+    per_sample_t = torch.stack([torch.mm(csr_t, gb.reshape(60, 25)) for gb in g])
+    assert torch.equal(sw.transposed()(g), per_sample_t.view(batch, 48, 5, 5))
 
 
 def test_graph_conv_takes_the_dense_path_when_the_weight_is_dense():
@@ -83,11 +104,50 @@ def test_kth_smallest_equals_kthvalue(n):
         assert kth_smallest(flat, k) == torch.kthvalue(flat, k).values
 
 
+def test_kth_smallest_with_ties_and_other_dtypes():
+    ties = torch.randint(0, 7, (5000,)).to(torch.float64)
+    for k in (1, 700, 2500, 5000):
+        got = kth_smallest(ties, k)
+        assert got.dtype == torch.float64 and got == torch.kthvalue(ties, k).values
+    half = torch.rand(3000).half()
+    assert kth_smallest(half, 1234) == torch.kthvalue(half, 1234).values
+    bf16 = torch.rand(3000).bfloat16()  # no NumPy dtype: the torch path
+    assert kth_smallest(bf16, 1234) == torch.kthvalue(bf16, 1234).values
+
+
+def _bracketed_kth(flat, k):
+    found = edges._bracket(flat, k)
+    assert found is not None, "the bracket missed"
+    selection, rank = found
+    return torch.kthvalue(selection, rank).values
+
+
+@pytest.mark.parametrize("n", [BRACKET_MIN, 3_000_000])
+def test_bracket_selection_is_exact(n):
+    """The bracket (the GPU path) run on the CPU: the same value as a full selection."""
+    flat = torch.randn(n, generator=torch.Generator().manual_seed(n)).abs()
+    for k in (n // 3, int(0.95 * n), n - 1):
+        assert _bracketed_kth(flat, k) == torch.kthvalue(flat, k).values
+
+
+def test_bracket_holds_when_columns_differ():
+    """A trained graph weight's columns differ in scale (only the DAG's region gets gradients).
+    [1600, 1600]: a stride of n // (5 sqrt(n)) = 320 divides the row length and sampled the
+    same 5 columns of every row; the bracket missed."""
+    g = torch.Generator().manual_seed(0)
+    scale = torch.ones(1600)
+    scale[::320] = 0.01
+    w = (torch.randn(1600, 1600, generator=g) * scale).abs().reshape(-1)
+    k = int(0.95 * w.numel())
+    assert _bracketed_kth(w, k) == torch.kthvalue(w, k).values
+
+
 def test_kth_smallest_is_exact_when_the_sample_misleads():
     n = 2_000_000
     flat = torch.rand(n)
     flat[:: sample_stride(n)] = 10.0  # every sampled entry is the largest value: bracket misses
     k = n // 2
+    assert edges._bracket(flat, k) is None
     assert kth_smallest(flat, k) == torch.kthvalue(flat, k).values
 
 
