@@ -112,6 +112,11 @@ class Config:
         "glibc: keep freed memory for the next step instead of returning it to the kernel "
         "(no page faults per step; the process keeps its peak memory; genutil/allocator.py)",
     )
+    native_kernels: bool = _f(
+        True,
+        "CPU: the tiny models' node ops (norm, ReLU, depthwise) and static graph as C kernels, "
+        "built once with the system C compiler (models/graphs/native); off: torch ops, same math",
+    )
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -127,6 +132,7 @@ _NOT_IN_TITLE = (
     "progress",
     "keep_freed_memory",
     "persistent_workers",
+    "native_kernels",
 )
 
 

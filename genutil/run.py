@@ -45,6 +45,7 @@ from genutil.resume import (
 )
 from genutil.schedules import Schedule
 from genutil.trainer import DivergenceError, TrainState, evaluate, fit
+from models.graphs import native
 
 __all__ = ["run", "seed_everything", "select_devices", "CheckpointHook", "make_optimizer"]
 
@@ -191,6 +192,7 @@ def _run(
     torch.backends.cudnn.benchmark = True
     if cfg.keep_freed_memory:
         keep_freed_memory()  # no fresh pages per step on the CPU side (genutil/allocator.py)
+    native.native_kernels(cfg.native_kernels)
     seed_everything(cfg.seed)
     model = api.model_from_config(cfg)
     if info.enabled and info.rank:

@@ -22,7 +22,14 @@ from torch import Tensor
 from torchdiffeq import odeint
 
 from models.graphs.edges import Graph, make_graph
-from models.graphs.ops import graph_conv, instance_norm, sparse_weight, weight_slices
+from models.graphs.ops import (
+    graph_conv,
+    instance_norm,
+    node_update,
+    sparse_weight,
+    weight_slices,
+)
+from models.graphs.static_fused import static_graph
 
 __all__ = [
     "StaticNeuralGraph",
@@ -201,8 +208,12 @@ class StaticNeuralGraph(_TinyBase):
         # Node groups are kept as separate tensors (None: still all zero) rather than one
         # [B, dim] state that every step slices: slicing costs a zero-filled full-size
         # gradient per step in the backward. Same sums as the original's in-place form.
-        groups: list[Optional[Tensor]] = [self.downsample(x)] + [None] * (self.layers - 1)
+        stem = self.downsample(x)
         w = self.graph.get_weight()  # once per forward, shared by every step
+        fused = static_graph(stem, w, self.conv.weight, self.norm, self.block_rng, self.feature_dim)
+        if fused is not None:  # the CPU fast path: the same graph as one Function
+            return self._readout(fused)
+        groups: list[Optional[Tensor]] = [stem] + [None] * (self.layers - 1)
         edges = weight_slices(  # group i's out-edges; the column ranges do not overlap
             w,
             [
@@ -213,8 +224,7 @@ class StaticNeuralGraph(_TinyBase):
         out = None
         for i in range(self.layers):
             lo, hi = self.block_rng[i], self.block_rng[i + 1]
-            h = self.relu(instance_norm(groups[i], self.norm[i]))
-            h = F.conv2d(h, self.conv.weight[lo:hi], padding=1, groups=hi - lo)
+            h = node_update(groups[i], self.conv.weight[lo:hi], self.norm[i])  # norm, ReLU, dw
             h = graph_conv(h, edges[i])  # into every later node
             if i == self.layers - 1:  # the output nodes are the last ones of the last group
                 out = groups[i][:, -self.feature_dim :] + h
@@ -270,7 +280,10 @@ class DiscreteTimeNeuralGraph(_TinyBase):
         # the first step reads only the stem's channels (the zero ones stay zero through ReLU
         # and the depthwise conv, so their edges add nothing), and the last step computes only
         # the read-out nodes (no other node of it reaches the loss, so their gradient is 0).
-        out = self.downsample(x)
+        # Each step is norm(graph(dw(relu(state)))); a step's norm and the next step's ReLU and
+        # depthwise conv run as one node_update, so z holds a step's states before its norm
+        # (the stem's output, which no norm follows, at first).
+        z = self.downsample(x)
         # The weight does not change within a forward: one top-k serves all time steps (the
         # straight-through gradient is the same sum either way).
         w = self.graph.get_weight()
@@ -278,13 +291,13 @@ class DiscreteTimeNeuralGraph(_TinyBase):
         shared = sparse_weight(w) if self.layers > 2 else None
         first = self.dim - self.feature_dim
         for t in range(self.layers):
-            c_in = out.shape[1]
+            c_in = z.shape[1]
             lo = first if t == self.layers - 1 else 0
             w_t = w[lo:, :c_in]
             sparse = shared if w_t.shape == w.shape else True  # True: graph_conv decides
-            h = F.conv2d(self.relu(out), self.conv.weight[:c_in], padding=1, groups=c_in)
-            out = instance_norm(graph_conv(h, w_t, sparse), self.norm, lo)
-        return self._readout(out)
+            h = node_update(z, self.conv.weight[:c_in], self.norm if t else None)
+            z = graph_conv(h, w_t, sparse)
+        return self._readout(instance_norm(z, self.norm, first))
 
     @classmethod
     def from_config(cls, cfg) -> "DiscreteTimeNeuralGraph":

@@ -22,19 +22,24 @@ from __future__ import annotations
 
 import warnings
 import weakref
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from models.graphs import native
+
 __all__ = [
     "graph_conv",
     "sparse_weight",
     "instance_norm",
+    "node_update",
     "SPARSE_MAX_DENSITY",
     "cpu_fast_paths",
     "compiling",
+    "fast_cpu",
 ]
 
 # Above this fraction of nonzero edges the dense convolution is as fast or faster.
@@ -50,7 +55,8 @@ def cpu_fast_paths(flag: bool | None = None) -> bool:
     return _ENABLED
 
 
-def _fast_cpu(x: Tensor) -> bool:
+def fast_cpu(x: Tensor) -> bool:
+    """Whether ``x`` may take the CPU fast paths (float32 CPU, 4-D, no autocast/jit/compile)."""
     return (
         _ENABLED
         and x.device.type == "cpu"
@@ -102,19 +108,31 @@ BLOCK_MAX_NNZ = 1 << 20
 
 
 class _CsrProduct:
-    """``W x`` per sample for a CSR matrix W [rows, cols], k samples per MKL call."""
+    """``W x`` per sample for a CSR matrix W [rows, cols], k samples per MKL call.
 
-    def __init__(self, csr: Tensor) -> None:
+    ``x`` is [B, cols, H, W], or with ``col_stride`` a wider [B, col_stride, H, W] buffer whose
+    channels ``col_offset .. col_offset + cols`` are W's columns: the block-diagonal form
+    indexes into each sample's whole plane block, so the product reads those channels in place.
+    """
+
+    def __init__(self, csr: Tensor, col_stride: int | None = None, col_offset: int = 0) -> None:
         self.csr = csr
         self.rows, self.cols = csr.shape
         self.nnz = csr.values().numel()
-        self._blocks: dict[int, Tensor] = {1: csr}
+        self.col_stride = self.cols if col_stride is None else col_stride
+        self.col_offset = col_offset
+        if not 0 <= col_offset <= self.col_stride - self.cols:
+            raise ValueError(
+                f"columns {col_offset}+{self.cols} exceed the stride {self.col_stride}"
+            )
+        plain = self.col_stride == self.cols and col_offset == 0
+        self._blocks: dict[int, Tensor] = {1: csr} if plain else {}
 
     def samples_per_call(self, batch: int) -> int:
         return max(1, min(BLOCK_SAMPLES, BLOCK_MAX_NNZ // max(self.nnz, 1), batch))
 
     def block(self, k: int) -> Tensor:
-        """The block-diagonal CSR [k*rows, k*cols] holding k copies of W."""
+        """The block-diagonal CSR [k*rows, k*col_stride] holding k copies of W."""
         if k not in self._blocks:
             crow, col = self.csr.crow_indices(), self.csr.col_indices()
             copy = torch.arange(k, dtype=crow.dtype)
@@ -124,26 +142,31 @@ class _CsrProduct:
                     crow.new_tensor([k * self.nnz]),
                 )
             )
-            col_k = (col + (copy * self.cols)[:, None]).reshape(-1)
+            col_k = (col + self.col_offset + (copy * self.col_stride)[:, None]).reshape(-1)
             self._blocks[k] = torch.sparse_csr_tensor(
-                crow_k, col_k, self.csr.values().repeat(k), (k * self.rows, k * self.cols)
+                crow_k, col_k, self.csr.values().repeat(k), (k * self.rows, k * self.col_stride)
             )
         return self._blocks[k]
 
-    def __call__(self, x: Tensor) -> Tensor:
-        """[B, cols, H, W] (contiguous) -> [B, rows, H, W]."""
+    def __call__(self, x: Tensor, out: Tensor | None = None, beta: float = 0.0) -> Tensor:
+        """[B, col_stride, H, W] (contiguous) -> [B, rows, H, W]; into ``out`` (contiguous)
+        as ``out = W x + beta * out`` where given."""
         b, c, h, w = x.shape
-        out = torch.empty(b, self.rows, h, w, dtype=x.dtype)
+        if c != self.col_stride:
+            raise ValueError(f"input has {c} channels, the product reads {self.col_stride}")
+        if out is None:
+            out = torch.empty(b, self.rows, h, w, dtype=x.dtype)
         k = self.samples_per_call(b)
         whole = b - b % k
         # one [k*C, H*W] view per call: unbind makes them in one go where the chunks are equal
         x_planes = x[:whole].reshape(whole // k, k * c, h * w).unbind(0)
         o_planes = out[:whole].view(whole // k, k * self.rows, h * w).unbind(0)
         for o, plane in zip(o_planes, x_planes):
-            torch.addmm(o, self.block(k), plane, beta=0, out=o)
+            torch.addmm(o, self.block(k), plane, beta=beta, out=o)
         if whole < b:
             o = out[whole:].view(-1, h * w)
-            torch.addmm(o, self.block(b - whole), x[whole:].reshape(-1, h * w), beta=0, out=o)
+            rest = self.block(b - whole)
+            torch.addmm(o, rest, x[whole:].reshape(-1, h * w), beta=beta, out=o)
         return out
 
 
@@ -176,18 +199,24 @@ class _SparseGraphConv(torch.autograd.Function):
 
 
 class SparseWeight:
-    """A graph weight's CSR form, made once and shared by every product with it; the transposed
-    form (for input gradients) is made on first use and kept too."""
+    """A graph weight's CSR forms, made on first use and shared by every product with it: W and
+    W^T (for input gradients), each readable from a wider buffer (``_CsrProduct``)."""
 
     def __init__(self, w: Tensor) -> None:
         self._w2d = w.detach().reshape(w.shape[0], w.shape[1])
-        self.product = _CsrProduct(_csr(self._w2d))
-        self._product_t: _CsrProduct | None = None
+        self._csr: dict[bool, Tensor] = {}
+        self._products: dict[tuple, _CsrProduct] = {}
 
-    def transposed(self) -> _CsrProduct:
-        if self._product_t is None:
-            self._product_t = _CsrProduct(_csr(self._w2d.t()))
-        return self._product_t
+    def product(
+        self, transposed: bool = False, col_stride: int | None = None, col_offset: int = 0
+    ) -> _CsrProduct:
+        """``W x`` (or ``W^T x``) per sample; see ``_CsrProduct`` for the strided reading."""
+        key = (transposed, col_stride, col_offset)
+        if key not in self._products:
+            if transposed not in self._csr:
+                self._csr[transposed] = _csr(self._w2d.t() if transposed else self._w2d)
+            self._products[key] = _CsrProduct(self._csr[transposed], col_stride, col_offset)
+        return self._products[key]
 
 
 # Without autograd (evaluation) the effective weight is cached by its Graph until it changes
@@ -197,13 +226,15 @@ class SparseWeight:
 _NO_GRAD_CACHE: dict = {}
 
 
-def sparse_weight(w: Tensor) -> SparseWeight | None:
-    """The CSR form of ``w`` if the sparse path pays for it, else None. Without autograd the
-    answer is kept for as long as ``w`` (or the tensor it views) lives unchanged."""
+def sparse_weight(w: Tensor, max_density: float | None = None) -> SparseWeight | None:
+    """The CSR form of ``w`` if the sparse path pays for it (at most ``max_density`` of the
+    entries nonzero; default SPARSE_MAX_DENSITY), else None. Without autograd the answer is kept
+    for as long as ``w`` (or the tensor it views) lives unchanged."""
     if not _ENABLED or w.device.type != "cpu" or w.dtype != torch.float32 or compiling():
         return None
+    max_density = SPARSE_MAX_DENSITY if max_density is None else max_density
     if torch.is_grad_enabled():
-        return _make_sparse_weight(w)
+        return _make_sparse_weight(w, max_density)
     base = w if w._base is None else w._base
     entry = _NO_GRAD_CACHE.get(id(base))
     if entry is None or entry[0]() is not base or entry[1] != base._version:
@@ -211,15 +242,15 @@ def sparse_weight(w: Tensor) -> SparseWeight | None:
         ref = weakref.ref(base, lambda _, key=key: _NO_GRAD_CACHE.pop(key, None))
         entry = _NO_GRAD_CACHE[key] = (ref, base._version, {})
     forms = entry[2]
-    key = (w.storage_offset(), tuple(w.shape), w.stride())
+    key = (w.storage_offset(), tuple(w.shape), w.stride(), max_density)
     if key not in forms:
-        forms[key] = _make_sparse_weight(w)
+        forms[key] = _make_sparse_weight(w, max_density)
     return forms[key]
 
 
-def _make_sparse_weight(w: Tensor) -> SparseWeight | None:
+def _make_sparse_weight(w: Tensor, max_density: float) -> SparseWeight | None:
     w2d = w.detach().reshape(w.shape[0], -1)
-    if int(torch.count_nonzero(w2d)) > SPARSE_MAX_DENSITY * w2d.numel():
+    if int(torch.count_nonzero(w2d)) > max_density * w2d.numel():
         return None
     return SparseWeight(w)
 
@@ -230,16 +261,16 @@ def graph_conv(x: Tensor, w: Tensor, sparse: SparseWeight | None | bool = True) 
     ``sparse``: a ``SparseWeight`` of ``w`` made earlier (shared by the time steps), True to
     decide here, False or None for the dense convolution.
     """
-    if not _fast_cpu(x):
+    if not fast_cpu(x):
         return F.conv2d(x, w)
     if sparse is True:
         sparse = sparse_weight(w)
     if not sparse:
         return F.conv2d(x, w)
     if not torch.is_grad_enabled() or not (x.requires_grad or w.requires_grad):
-        return sparse.product(x.contiguous())
-    product_t = sparse.transposed() if x.requires_grad else None
-    return _SparseGraphConv.apply(x, w, sparse.product, product_t)
+        return sparse.product()(x.contiguous())
+    product_t = sparse.product(transposed=True) if x.requires_grad else None
+    return _SparseGraphConv.apply(x, w, sparse.product(), product_t)
 
 
 def instance_norm(x: Tensor, norm: nn.InstanceNorm2d, lo: int = 0) -> Tensor:
@@ -251,9 +282,53 @@ def instance_norm(x: Tensor, norm: nn.InstanceNorm2d, lo: int = 0) -> Tensor:
         return norm(x)
     c = x.shape[1]
     weight, bias = norm.weight[lo : lo + c], norm.bias[lo : lo + c]
-    if not _fast_cpu(x):
+    if not fast_cpu(x):
         return F.instance_norm(x, weight=weight, bias=bias, eps=norm.eps)
     return F.group_norm(x, c, weight, bias, norm.eps)
+
+
+class _NodeUpdate(torch.autograd.Function):
+    """``node_update`` by the native kernels (models/graphs/native/node_ops.c)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, k: Tensor, gamma, beta, eps: float) -> Tensor:  # noqa: D102
+        x, k = x.contiguous(), k.contiguous()
+        gamma = None if gamma is None else gamma.contiguous()
+        beta = None if beta is None else beta.contiguous()
+        y, mean, rstd = native.node_forward(x, k, gamma, beta, eps)
+        ctx.save_for_backward(x, k, gamma, beta, mean, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy: Tensor):  # noqa: D102
+        x, k, gamma, beta, mean, rstd = ctx.saved_tensors
+        gx, gk, ggamma, gbeta = native.node_backward(x, gy.contiguous(), k, gamma, beta, mean, rstd)
+        return gx, gk, ggamma, gbeta, None
+
+
+def node_update(
+    x: Tensor, weight: Tensor, norm: Optional[nn.InstanceNorm2d] = None, lo: int = 0
+) -> Tensor:
+    """A node's per-channel op: ``norm`` (affine InstanceNorm, its channels ``lo .. lo + C``;
+    None: no norm), ReLU, then the 3x3 depthwise convolution ``weight`` [C, 1, 3, 3] with
+    padding 1, on ``x`` [B, C, H, W]. ``x`` itself is left unchanged.
+
+    On the CPU the native kernels do all three in one pass per plane (forward and backward);
+    elsewhere, and where they cannot be built, the torch ops.
+    """
+    c = x.shape[1]
+    plain_norm = norm is None or (norm.affine and not norm.track_running_stats)
+    if (
+        fast_cpu(x)
+        and plain_norm
+        and weight.dtype == torch.float32
+        and max(x.shape[2:]) <= native.max_side()
+    ):
+        gamma = None if norm is None else norm.weight[lo : lo + c]
+        beta = None if norm is None else norm.bias[lo : lo + c]
+        return _NodeUpdate.apply(x, weight, gamma, beta, norm.eps if norm is not None else 0.0)
+    h = torch.relu(x) if norm is None else torch.relu_(instance_norm(x, norm, lo))
+    return F.conv2d(h, weight, padding=1, groups=c)
 
 
 class _DisjointSlices(torch.autograd.Function):

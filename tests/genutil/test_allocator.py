@@ -85,3 +85,19 @@ def test_run_sets_it_unless_the_config_says_no(monkeypatch, tmp_path):
     assert calls == [1]
     assert main.main([*common, "--nokeep_freed_memory", "--save_dir", str(tmp_path / "ck2")]) == 0
     assert calls == [1]
+
+
+def test_run_applies_the_native_kernels_key(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr("genutil.run.native.native_kernels", lambda flag=None: seen.append(flag))
+    common = [
+        "app:apps/quickstart/static_dnw.yml",
+        "--num_epochs",
+        "1",
+        "--log_dir",
+        str(tmp_path / "runs"),
+        "--noprogress",
+    ]
+    assert main.main([*common, "--save_dir", str(tmp_path / "ck")]) == 0
+    assert main.main([*common, "--nonative_kernels", "--save_dir", str(tmp_path / "ck2")]) == 0
+    assert seen == [True, False]

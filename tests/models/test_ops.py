@@ -6,8 +6,7 @@ import torch.nn.functional as F
 
 from bench.vs_original import original_discrete, original_static
 from genutil import api
-from models.graphs import ops
-from models.graphs import edges
+from models.graphs import edges, ops
 from models.graphs.edges import BRACKET_MIN, kth_smallest, sample_stride, topk_mask
 from models.graphs.mobilenetv1like import Block
 from models.graphs.ops import graph_conv, instance_norm, sparse_weight, weight_slices
@@ -52,15 +51,15 @@ def test_block_products_equal_one_product_per_sample(batch, max_nnz, monkeypatch
     w = _sparse(60, 48, 0.08)
     x = torch.randn(batch, 48, 5, 5)
     sw = sparse_weight(w)
-    k = sw.product.samples_per_call(batch)
-    assert k == (min(16, batch) if max_nnz is None else max(1, max_nnz // sw.product.nnz))
-    csr = sw.product.csr
+    k = sw.product().samples_per_call(batch)
+    assert k == (min(16, batch) if max_nnz is None else max(1, max_nnz // sw.product().nnz))
+    csr = sw.product().csr
     per_sample = torch.stack([torch.mm(csr, xb.reshape(48, 25)) for xb in x]).view(batch, 60, 5, 5)
-    assert torch.equal(sw.product(x), per_sample)
-    csr_t = sw.transposed().csr
+    assert torch.equal(sw.product()(x), per_sample)
+    csr_t = sw.product(transposed=True).csr
     g = torch.randn(batch, 60, 5, 5)
     per_sample_t = torch.stack([torch.mm(csr_t, gb.reshape(60, 25)) for gb in g])
-    assert torch.equal(sw.transposed()(g), per_sample_t.view(batch, 48, 5, 5))
+    assert torch.equal(sw.product(transposed=True)(g), per_sample_t.view(batch, 48, 5, 5))
 
 
 def test_graph_conv_takes_the_dense_path_when_the_weight_is_dense():

@@ -1,0 +1,250 @@
+"""Native CPU kernels of the tiny models, compiled on first use with the system C compiler.
+
+``node_ops.c`` fuses a node's InstanceNorm, ReLU and 3x3 depthwise convolution (forward and
+backward) into one pass per plane. It is plain C with OpenMP, built once per source, flags
+and CPU into a cache folder and loaded with ctypes; torch.compile's CPU backend works the same
+way (generated C++ built with the system compiler). Where no compiler works, ``library()`` is
+None and callers use the torch ops: same results, slower (bench/README.md).
+
+Cache folder: ``$DNW_NATIVE_CACHE``, else ``$XDG_CACHE_HOME/dnw-native``, else
+``~/.cache/dnw-native``. The build is keyed on the CPU's flags because it uses
+``-march=native``: a home folder shared by several machines gets one library per CPU kind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from ctypes import c_float, c_int, c_int64, c_void_p
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "library",
+    "native_kernels",
+    "build_error",
+    "cache_dir",
+    "max_side",
+    "node_forward",
+    "node_backward",
+    "SOURCE",
+]
+
+log = logging.getLogger(__name__)
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node_ops.c")
+_FLAG_SETS = (
+    ["-O3", "-march=native", "-fopenmp"],
+    ["-O3", "-fopenmp"],  # compilers or CPUs without -march=native
+)
+_ENABLED = True
+_LIB: Optional[ctypes.CDLL] = None
+_TRIED = False
+_ERROR = ""
+
+
+def native_kernels(flag: Optional[bool] = None) -> bool:
+    """Read (or set) whether the native kernels may be used (default on; config key
+    ``native_kernels``)."""
+    global _ENABLED
+    if flag is not None:
+        _ENABLED = bool(flag)
+    return _ENABLED
+
+
+def build_error() -> str:
+    """Why the last build failed ('' if it did not, or was not tried)."""
+    return _ERROR
+
+
+def cache_dir() -> str:
+    """Where built libraries are kept."""
+    root = os.environ.get("DNW_NATIVE_CACHE")
+    if root:
+        return root
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(xdg, "dnw-native")
+
+
+def library() -> Optional[ctypes.CDLL]:
+    """The loaded kernels, building them on first use; None where disabled or unbuildable."""
+    global _LIB, _TRIED, _ERROR
+    if not _ENABLED:
+        return None
+    if not _TRIED:
+        _TRIED = True
+        try:
+            _LIB = _load(_build())
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+            _ERROR = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            log.warning("native CPU kernels unavailable (%s); using torch ops (slower)", _ERROR)
+    return _LIB
+
+
+def _compiler() -> str:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc or not shutil.which(cc):
+        raise RuntimeError(f"no C compiler found ({cc or 'cc, gcc'}; set CC or install gcc)")
+    return cc
+
+
+def _cpu_signature() -> str:
+    """The CPU's model and flags, which -march=native depends on."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln for ln in f if ln.startswith(("model name", "flags", "Features"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _cached(flags: list[str], source: bytes) -> str:
+    """The library's path for these flags: keyed on the source, the flags and the CPU (not the
+    compiler, so a cached build loads where no compiler is installed)."""
+    key = hashlib.sha256(
+        b"\0".join([source, " ".join(flags).encode(), _cpu_signature().encode()])
+    ).hexdigest()[:16]
+    return os.path.join(cache_dir(), f"node_ops-{key}.so")
+
+
+def _build() -> str:
+    with open(SOURCE, "rb") as f:
+        source = f.read()
+    for flags in _FLAG_SETS:
+        if os.path.exists(_cached(flags, source)):
+            return _cached(flags, source)
+    cc = _compiler()
+    errors = []
+    for flags in _FLAG_SETS:
+        path = _cached(flags, source)
+        os.makedirs(cache_dir(), exist_ok=True)
+        # build beside the target and rename: a concurrent build (several DDP ranks) or a kill
+        # midway never leaves a partial library under the final name
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_dir())
+        os.close(fd)
+        cmd = [cc, *flags, "-shared", "-fPIC", "-o", tmp, SOURCE, "-lm"]
+        log.info("building native CPU kernels (once): %s", " ".join(cmd))
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            if done.returncode == 0:
+                os.replace(tmp, path)
+                return path
+            errors.append(((done.stderr or done.stdout).strip().splitlines() or ["failed"])[0])
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    raise RuntimeError(f"{cc} could not build {os.path.basename(SOURCE)}: {errors[-1]}")
+
+
+def _load(path: str) -> ctypes.CDLL:
+    # torch is imported above, so the library's libgomp.so.1 resolves to the copy torch
+    # loaded: one OpenMP thread pool for both.
+    lib = ctypes.CDLL(path)
+    p = c_void_p
+    i64 = c_int64
+    lib.node_forward.argtypes = [p, p, i64, i64, p, i64] + [p] * 5 + [i64] * 4 + [c_float, c_int]
+    lib.node_forward.restype = None
+    lib.node_backward.argtypes = [p] * 8 + [i64, i64, p, i64] + [p] * 3 + [i64] * 4 + [c_int]
+    lib.node_backward.restype = None
+    lib.node_ops_max_side.restype = c_int
+    return lib
+
+
+def max_side() -> int:
+    """Largest plane side the kernels take (0 where they are unavailable)."""
+    lib = library()
+    return lib.node_ops_max_side() if lib is not None else 0
+
+
+def _ptr(t: Optional[Tensor]) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
+def _place(like: Tensor, out: Optional[Tensor], c0: int, cm: Optional[Tensor], cm0: int):
+    """Check (or make) the buffers a kernel writes its [B, C, H, W] result into: channels
+    c0 .. c0 + C of ``out`` [B, CT, H, W], and of the channel-major ``cm`` [CT', B, H, W]. The
+    kernels write through raw pointers, so a wrong shape must never reach them."""
+    b, c, h, w = like.shape
+    if out is None:
+        out, c0 = torch.empty_like(like), 0
+    for buf, first, dims in ((out, c0, (b, h, w)), (cm, cm0, (b, h, w))):
+        if buf is None:
+            continue
+        chans = buf.shape[1] if buf is out else buf.shape[0]
+        rest = (buf.shape[0], *buf.shape[2:]) if buf is out else tuple(buf.shape[1:])
+        if (
+            buf.dtype != torch.float32
+            or not buf.is_contiguous()
+            or buf.dim() != 4
+            or rest != dims
+            or not 0 <= first <= chans - c
+        ):
+            raise ValueError(f"output buffer {tuple(buf.shape)} cannot hold channels {first}+{c}")
+    return out, c0, out.shape[1]
+
+
+def node_forward(
+    x: Tensor,
+    k: Tensor,
+    gamma: Optional[Tensor],
+    beta: Optional[Tensor],
+    eps: float,
+    out: Optional[Tensor] = None,
+    out_c0: int = 0,
+    out_cm: Optional[Tensor] = None,
+    out_cm0: int = 0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """y = depthwise3x3(relu(norm(x))) for contiguous float32 CPU tensors x [B, C, H, W], k
+    [C, 1, 3, 3], gamma and beta [C] (None: no norm). y goes to channels ``out_c0 ..`` of
+    ``out`` (default: a new [B, C, H, W] tensor) and, if given, of the channel-major
+    ``out_cm``. Returns the buffer holding y, and each plane's mean and rstd ([B * C], for the
+    backward; empty without a norm)."""
+    b, c, h, w = x.shape
+    out, out_c0, ct = _place(x, out, out_c0, out_cm, out_cm0)
+    n = b * c if gamma is not None else 0
+    mean, rstd = x.new_empty(n), x.new_empty(n)
+    library().node_forward(
+        _ptr(x), _ptr(out), out_c0, ct, _ptr(out_cm), out_cm0, _ptr(k), _ptr(gamma), _ptr(beta),
+        _ptr(mean), _ptr(rstd), b, c, h, w, eps, torch.get_num_threads(),
+    )  # fmt: skip
+    return out, mean, rstd
+
+
+def node_backward(
+    x: Tensor,
+    gy: Tensor,
+    k: Tensor,
+    gamma: Optional[Tensor],
+    beta: Optional[Tensor],
+    mean: Tensor,
+    rstd: Tensor,
+    out: Optional[Tensor] = None,
+    out_c0: int = 0,
+    out_cm: Optional[Tensor] = None,
+    out_cm0: int = 0,
+) -> tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+    """Gradients (x, k, gamma, beta) of node_forward for the output gradient gy (contiguous, the
+    shape of x). The x gradient is placed as node_forward places y; the returned first item is
+    the buffer holding it."""
+    b, c, h, w = x.shape
+    if gy.shape != x.shape or not gy.is_contiguous():
+        raise ValueError(f"gy {tuple(gy.shape)} must be contiguous and shaped like x")
+    out, out_c0, ct = _place(x, out, out_c0, out_cm, out_cm0)
+    gk = k.new_empty(k.shape)
+    norm = gamma is not None
+    ggamma = gamma.new_empty(c) if norm else None
+    gbeta = gamma.new_empty(c) if norm else None
+    library().node_backward(
+        _ptr(x), _ptr(gy), _ptr(k), _ptr(gamma), _ptr(beta), _ptr(mean), _ptr(rstd), _ptr(out),
+        out_c0, ct, _ptr(out_cm), out_cm0, _ptr(gk), _ptr(ggamma), _ptr(gbeta), b, c, h, w,
+        torch.get_num_threads(),
+    )  # fmt: skip
+    return out, gk, ggamma, gbeta

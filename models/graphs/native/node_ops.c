@@ -1,0 +1,276 @@
+/* A tiny-model node's update in one pass per plane: InstanceNorm (affine, optional), ReLU, and
+ * the node's 3x3 depthwise convolution (zero padding 1, stride 1), forward and backward.
+ *
+ * Torch runs these as three ops and about fifteen passes over the activations (forward and
+ * backward); here each [H, W] plane of a sample's channel is read once and written once per
+ * direction while it sits in cache. Same math as the torch ops: every plane's mean and biased
+ * variance, y = conv(relu(gamma * (x - mean) * rstd + beta)); the sums run in another order, so
+ * results agree to float rounding (tests/models/test_native.py).
+ *
+ * Layout: x and gy are [B, C, H, W] contiguous float32; k is [C, 3, 3]; gamma, beta are [C] or
+ * NULL (no norm); mean and rstd are [B * C]. An output (y, gx) is written as the channels
+ * c0 .. c0 + C of a [B, CT, H, W] buffer (Place.nchw) and, where Place.cm is not NULL, also as
+ * the channels cm0 .. cm0 + C of a channel-major [CT', B, H, W] buffer, whose [C, B * H * W] rows
+ * are what a weight gradient's matrix product wants. Every output element is computed by one
+ * thread in a fixed order, so results do not depend on the number of threads.
+ *
+ * Built by models/graphs/native/__init__.py with the system C compiler and OpenMP; torch's own
+ * libgomp is already loaded when this library is, so both share one thread pool.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define INLINE static inline __attribute__((always_inline))
+#define MAXW 64   /* largest plane side; the Python side falls back to torch above it */
+#define CBLOCK 16 /* channels per block in the backward: one sample's block is contiguous */
+
+int node_ops_max_side(void) { return MAXW; }
+
+/* Where a kernel writes its [B, C, H, W] result (see the layout note above). */
+typedef struct {
+    float *nchw;
+    int64_t c0, ct;
+    float *cm;
+    int64_t cm0;
+} Place;
+
+/* the plane (b, c) of a result in both layouts (cm: NULL where not asked for) */
+INLINE float *place_nchw(const Place *o, int64_t b, int64_t c, int64_t P) {
+    return o->nchw + (b * o->ct + o->c0 + c) * P;
+}
+INLINE void place_cm(const Place *o, int64_t b, int64_t c, int64_t B, int64_t P, const float *plane) {
+    if (o->cm) memcpy(o->cm + ((o->cm0 + c) * B + b) * P, plane, P * sizeof(float));
+}
+
+/* zero the one-element border of a padded [(H + 2), (W + 2)] scratch plane */
+static void zero_border(float *a, int64_t H, int64_t W) {
+    const int64_t PW = W + 2;
+    memset(a, 0, PW * sizeof(float));
+    memset(a + (H + 1) * PW, 0, PW * sizeof(float));
+    for (int64_t i = 1; i <= H; i++) a[i * PW] = a[i * PW + W + 1] = 0.f;
+}
+
+/* Sums run lane-wise (one partial sum per column j, then over the lanes) so that they
+ * vectorise without reassociating float additions. */
+
+/* mean and 1 / sqrt(biased variance + eps) of one plane (two passes) */
+INLINE void plane_moments(const float *restrict x, const int64_t H, const int64_t W,
+                          const float eps, float *mean, float *rstd) {
+    float acc[MAXW];
+    for (int64_t j = 0; j < W; j++) acc[j] = 0.f;
+    for (int64_t i = 0; i < H; i++)
+        for (int64_t j = 0; j < W; j++) acc[j] += x[i * W + j];
+    float s = 0.f;
+    for (int64_t j = 0; j < W; j++) s += acc[j];
+    const float m = s / (float)(H * W);
+    for (int64_t j = 0; j < W; j++) acc[j] = 0.f;
+    for (int64_t i = 0; i < H; i++)
+        for (int64_t j = 0; j < W; j++) {
+            const float d = x[i * W + j] - m;
+            acc[j] += d * d;
+        }
+    float v = 0.f;
+    for (int64_t j = 0; j < W; j++) v += acc[j];
+    *mean = m;
+    *rstd = 1.f / sqrtf(v / (float)(H * W) + eps);
+}
+
+/* interior of the padded plane a <- relu(scale * x + shift) */
+INLINE void load_activation(const float *restrict x, float *restrict a, const int64_t H,
+                            const int64_t W, const float scale, const float shift) {
+    const int64_t PW = W + 2;
+    for (int64_t i = 0; i < H; i++) {
+        float *row = a + (i + 1) * PW + 1;
+        for (int64_t j = 0; j < W; j++) {
+            const float z = scale * x[i * W + j] + shift;
+            row[j] = z > 0.f ? z : 0.f;
+        }
+    }
+}
+
+/* y[i][j] = sum_{u,v} k[u][v] * a[i + u][j + v] over the padded plane a */
+INLINE void correlate3x3(const float *restrict a, const float *restrict k, float *restrict y,
+                         const int64_t H, const int64_t W) {
+    const int64_t PW = W + 2;
+    for (int64_t i = 0; i < H; i++) {
+        const float *r0 = a + i * PW, *r1 = r0 + PW, *r2 = r1 + PW;
+        for (int64_t j = 0; j < W; j++)
+            y[i * W + j] = k[0] * r0[j] + k[1] * r0[j + 1] + k[2] * r0[j + 2] + k[3] * r1[j] +
+                           k[4] * r1[j + 1] + k[5] * r1[j + 2] + k[6] * r2[j] + k[7] * r2[j + 1] +
+                           k[8] * r2[j + 2];
+    }
+}
+
+INLINE void plane_forward(const float *restrict x, float *restrict y, const float *restrict k,
+                          float *restrict a, const int64_t H, const int64_t W, const int norm,
+                          const float gamma, const float beta, const float eps,
+                          float *restrict mean, float *restrict rstd) {
+    float scale = 1.f, shift = 0.f;
+    if (norm) {
+        plane_moments(x, H, W, eps, mean, rstd);
+        scale = gamma * *rstd;
+        shift = beta - *mean * scale;
+    }
+    load_activation(x, a, H, W, scale, shift);
+    correlate3x3(a, k, y, H, W);
+}
+
+void node_forward(const float *x, float *y, int64_t y_c0, int64_t y_ct, float *y_cm, int64_t y_cm0,
+                  const float *k, const float *gamma, const float *beta, float *mean, float *rstd,
+                  int64_t B, int64_t C, int64_t H, int64_t W, float eps, int num_threads) {
+    const Place out = {y, y_c0, y_ct, y_cm, y_cm0};
+    const int64_t P = H * W;
+    const int norm = gamma != NULL;
+#pragma omp parallel num_threads(num_threads)
+    {
+        float *a = (float *)malloc((H + 2) * (W + 2) * sizeof(float));
+        zero_border(a, H, W);
+#pragma omp for schedule(static)
+        for (int64_t bc = 0; bc < B * C; bc++) {
+            const int64_t c = bc % C, n = bc / C;
+            const float g = norm ? gamma[c] : 1.f, b = norm ? beta[c] : 0.f;
+            float m = 0.f, r = 1.f;
+            float *yp = place_nchw(&out, n, c, P);
+            /* literal sides: the compiler specialises (unrolls, vectorises) these copies */
+            if (H == 8 && W == 8)
+                plane_forward(x + bc * P, yp, k + 9 * c, a, 8, 8, norm, g, b, eps, &m, &r);
+            else if (H == 4 && W == 4)
+                plane_forward(x + bc * P, yp, k + 9 * c, a, 4, 4, norm, g, b, eps, &m, &r);
+            else
+                plane_forward(x + bc * P, yp, k + 9 * c, a, H, W, norm, g, b, eps, &m, &r);
+            place_cm(&out, n, c, B, P, yp);
+            if (norm) {
+                mean[bc] = m;
+                rstd[bc] = r;
+            }
+        }
+        free(a);
+    }
+}
+
+/* Scratch of one thread in the backward. */
+typedef struct {
+    float *a, *g, *ga;                              /* padded activation, padded gy, d(relu) */
+    float (*acck)[9][MAXW], (*accg)[MAXW], (*accb)[MAXW]; /* per channel of a block, lane-wise */
+} Scratch;
+
+/* One plane's backward: gx, and the plane's share of the kernel / gamma / beta gradients added
+ * to the lane-wise accumulators. */
+INLINE void plane_backward(const float *restrict x, const float *restrict gy,
+                           const float *restrict k, float *restrict gx, const Scratch *s,
+                           const int l, const int64_t H, const int64_t W, const int norm,
+                           const float gamma, const float beta, const float m, const float r) {
+    const int64_t P = H * W, PW = W + 2;
+    float *restrict a = s->a, *restrict g = s->g, *restrict ga = s->ga;
+    const float scale = norm ? gamma * r : 1.f, shift = norm ? beta - m * gamma * r : 0.f;
+    load_activation(x, a, H, W, scale, shift); /* recomputed: cheaper than storing it */
+    for (int64_t i = 0; i < H; i++) memcpy(g + (i + 1) * PW + 1, gy + i * W, W * sizeof(float));
+    /* dL/dk[u][v] = sum_{i,j} gy[i][j] * a[i + u][j + v] */
+    for (int u = 0; u < 3; u++)
+        for (int v = 0; v < 3; v++)
+            for (int64_t i = 0; i < H; i++) {
+                const float *ar = a + (i + u) * PW + v;
+                for (int64_t j = 0; j < W; j++) s->acck[l][u * 3 + v][j] += gy[i * W + j] * ar[j];
+            }
+    /* dL/da: gy correlated with the flipped kernel; then the ReLU's mask */
+    const float kf[9] = {k[8], k[7], k[6], k[5], k[4], k[3], k[2], k[1], k[0]};
+    correlate3x3(g, kf, ga, H, W);
+    for (int64_t i = 0; i < H; i++) {
+        const float *ar = a + (i + 1) * PW + 1;
+        for (int64_t j = 0; j < W; j++) ga[i * W + j] = ar[j] > 0.f ? ga[i * W + j] : 0.f;
+    }
+    if (!norm) {
+        memcpy(gx, ga, P * sizeof(float));
+        return;
+    }
+    /* InstanceNorm: with xh = (x - m) * r and dz = dL/dz,
+     * dL/dx = r * (gamma * dz - mean(gamma * dz) - xh * mean(gamma * dz * xh)) */
+    float sg[MAXW], sgx[MAXW];
+    for (int64_t j = 0; j < W; j++) sg[j] = sgx[j] = 0.f;
+    for (int64_t i = 0; i < H; i++)
+        for (int64_t j = 0; j < W; j++) {
+            const float dz = ga[i * W + j];
+            sg[j] += dz;
+            sgx[j] += dz * ((x[i * W + j] - m) * r);
+        }
+    float tg = 0.f, tgx = 0.f;
+    for (int64_t j = 0; j < W; j++) {
+        tg += sg[j];
+        tgx += sgx[j];
+        s->accg[l][j] += sgx[j];
+        s->accb[l][j] += sg[j];
+    }
+    const float mg = gamma * tg / (float)P, mgx = gamma * tgx / (float)P;
+    for (int64_t p = 0; p < P; p++) gx[p] = r * (gamma * ga[p] - mg - (x[p] - m) * r * mgx);
+}
+
+void node_backward(const float *x, const float *gy, const float *k, const float *gamma,
+                   const float *beta, const float *mean, const float *rstd, float *gx,
+                   int64_t gx_c0, int64_t gx_ct, float *gx_cm, int64_t gx_cm0, float *gk,
+                   float *ggamma, float *gbeta, int64_t B, int64_t C, int64_t H, int64_t W,
+                   int num_threads) {
+    const Place out = {gx, gx_c0, gx_ct, gx_cm, gx_cm0};
+    const int64_t P = H * W, nblocks = (C + CBLOCK - 1) / CBLOCK;
+    const int norm = gamma != NULL;
+#pragma omp parallel num_threads(num_threads)
+    {
+        Scratch s;
+        s.a = (float *)malloc((H + 2) * (W + 2) * sizeof(float));
+        s.g = (float *)malloc((H + 2) * (W + 2) * sizeof(float));
+        s.ga = (float *)malloc(P * sizeof(float));
+        s.acck = malloc(sizeof(float[CBLOCK][9][MAXW]));
+        s.accg = malloc(sizeof(float[CBLOCK][MAXW]));
+        s.accb = malloc(sizeof(float[CBLOCK][MAXW]));
+        zero_border(s.a, H, W);
+        zero_border(s.g, H, W);
+        /* a thread owns whole channel blocks, so each channel's sums over the batch are its
+         * alone (no atomics) and run in sample order */
+#pragma omp for schedule(static)
+        for (int64_t blk = 0; blk < nblocks; blk++) {
+            const int64_t c0 = blk * CBLOCK, c1 = c0 + CBLOCK < C ? c0 + CBLOCK : C;
+            memset(s.acck, 0, sizeof(float[CBLOCK][9][MAXW]));
+            memset(s.accg, 0, sizeof(float[CBLOCK][MAXW]));
+            memset(s.accb, 0, sizeof(float[CBLOCK][MAXW]));
+            for (int64_t b = 0; b < B; b++)
+                for (int64_t c = c0; c < c1; c++) {
+                    const int64_t bc = b * C + c, o = bc * P;
+                    const int l = (int)(c - c0);
+                    const float g = norm ? gamma[c] : 1.f, be = norm ? beta[c] : 0.f;
+                    const float m = norm ? mean[bc] : 0.f, r = norm ? rstd[bc] : 1.f;
+                    float *gp = place_nchw(&out, b, c, P);
+                    if (H == 8 && W == 8)
+                        plane_backward(x + o, gy + o, k + 9 * c, gp, &s, l, 8, 8, norm, g, be, m, r);
+                    else if (H == 4 && W == 4)
+                        plane_backward(x + o, gy + o, k + 9 * c, gp, &s, l, 4, 4, norm, g, be, m, r);
+                    else
+                        plane_backward(x + o, gy + o, k + 9 * c, gp, &s, l, H, W, norm, g, be, m, r);
+                    place_cm(&out, b, c, B, P, gp);
+                }
+            for (int64_t c = c0; c < c1; c++) {
+                const int l = (int)(c - c0);
+                for (int t = 0; t < 9; t++) {
+                    float sum = 0.f;
+                    for (int64_t j = 0; j < W; j++) sum += s.acck[l][t][j];
+                    gk[9 * c + t] = sum;
+                }
+                if (norm) {
+                    float sg = 0.f, sb = 0.f;
+                    for (int64_t j = 0; j < W; j++) {
+                        sg += s.accg[l][j];
+                        sb += s.accb[l][j];
+                    }
+                    ggamma[c] = sg;
+                    gbeta[c] = sb;
+                }
+            }
+        }
+        free(s.a);
+        free(s.g);
+        free(s.ga);
+        free(s.acck);
+        free(s.accg);
+        free(s.accb);
+    }
+}
