@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.graphs.ops import compiling
+from models.graphs.fastpath import compiling
 
 __all__ = [
     "num_pruned",

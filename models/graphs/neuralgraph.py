@@ -22,13 +22,8 @@ from torch import Tensor
 from torchdiffeq import odeint
 
 from models.graphs.edges import Graph, make_graph
-from models.graphs.ops import (
-    graph_conv,
-    instance_norm,
-    node_update,
-    sparse_weight,
-    weight_slices,
-)
+from models.graphs.ops import graph_conv, instance_norm, node_update, weight_slices
+from models.graphs.products import sparse_weight
 from models.graphs.static_fused import static_graph
 
 __all__ = [

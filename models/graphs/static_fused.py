@@ -27,7 +27,8 @@ import torch.nn as nn
 from torch import Tensor
 
 from models.graphs import native
-from models.graphs.ops import fast_cpu, graph_product
+from models.graphs.fastpath import fast_cpu
+from models.graphs.products import graph_product
 
 __all__ = ["static_graph", "FUSED_MAX_DENSITY"]
 

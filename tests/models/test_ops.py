@@ -6,10 +6,11 @@ import torch.nn.functional as F
 
 from bench.vs_original import original_discrete, original_static
 from genutil import api
-from models.graphs import edges, ops
+from models.graphs import edges, fastpath, products
 from models.graphs.edges import BRACKET_MIN, kth_smallest, sample_stride, topk_mask
 from models.graphs.mobilenetv1like import Block
-from models.graphs.ops import graph_conv, instance_norm, sparse_weight, weight_slices
+from models.graphs.ops import graph_conv, instance_norm, weight_slices
+from models.graphs.products import sparse_weight
 
 
 def _sparse(o, i, density, seed=0):
@@ -47,7 +48,7 @@ def test_block_products_equal_one_product_per_sample(batch, max_nnz, monkeypatch
     """16 samples a call through a block-diagonal CSR (a remainder chunk of its own; one sample
     a call where the block would exceed BLOCK_MAX_NNZ): bitwise the per-sample products."""
     if max_nnz is not None:
-        monkeypatch.setattr(ops, "BLOCK_MAX_NNZ", max_nnz)
+        monkeypatch.setattr(products, "BLOCK_MAX_NNZ", max_nnz)
     w = _sparse(60, 48, 0.08)
     x = torch.randn(batch, 48, 5, 5)
     sw = sparse_weight(w)
@@ -210,13 +211,13 @@ def test_medium_block_equals_the_sliced_state_formulation_in_a_training_step():
 
 
 def test_fast_paths_can_be_switched_off():
-    assert ops.cpu_fast_paths() is True
+    assert fastpath.cpu_fast_paths() is True
     try:
-        ops.cpu_fast_paths(False)
+        fastpath.cpu_fast_paths(False)
         w = _sparse(30, 30, 0.05)
         assert sparse_weight(w) is None
     finally:
-        ops.cpu_fast_paths(True)
+        fastpath.cpu_fast_paths(True)
 
 
 def test_sparse_forms_are_kept_without_autograd_until_the_weight_changes():

@@ -1,0 +1,218 @@
+"""Graph-weight products per sample on the CPU: CSR forms of a (mostly zero) graph weight and
+the products ``W x`` / ``W^T x`` that use them, 16 samples a call; a batched GEMM for blocks too
+dense for CSR. Used by ``ops.graph_conv`` and the fused static graph (static_fused.py).
+
+Measured on the project's CPUs (bench/README.md): one CSR product per sample cost about 20 us
+of MKL call overhead, and the block-diagonal form pays it once per 16 samples; CSR beats a
+dense product up to about 28 % of the entries nonzero.
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+
+import torch
+from torch import Tensor
+
+from models.graphs.fastpath import compiling, cpu_fast_paths
+
+__all__ = [
+    "SparseWeight",
+    "sparse_weight",
+    "graph_product",
+    "SPARSE_MAX_DENSITY",
+    "BLOCK_SAMPLES",
+    "BLOCK_MAX_NNZ",
+]
+
+# Above this fraction of nonzero edges the dense convolution is as fast or faster.
+SPARSE_MAX_DENSITY = 0.15
+
+
+def _csr(w2d: Tensor) -> Tensor:
+    """CSR with int32 indices (MKL's own; int64 ones are converted on every product). Built from
+    ``nonzero`` (row-major order, as CSR wants): the same tensor as ``to_sparse_csr`` in half
+    the time for the graph blocks here (0.30 vs 0.53 ms for [576, 192] at 5 %)."""
+    idx = torch.nonzero(w2d)
+    rows, cols = idx[:, 0], idx[:, 1]
+    crow = torch.zeros(w2d.shape[0] + 1, dtype=torch.int32)
+    torch.cumsum(torch.bincount(rows, minlength=w2d.shape[0]), 0, out=crow[1:])
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": known, and fine
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, cols.to(torch.int32), w2d[rows, cols], w2d.shape)
+
+
+# Samples per CSR product. The [C, H*W] planes of k consecutive samples are one contiguous
+# [k*C, H*W] matrix, so a block-diagonal CSR of k copies of W multiplies all k in one MKL call,
+# each plane by the same row of W in the same order as k separate products (bitwise equal). A
+# product per sample cost about 20 us of call overhead: the static model's five graph slices at
+# batch 128 took 14.7 ms per forward that way and 8.4 ms with 16 samples a call (and about as
+# much again in the input gradient). Larger blocks gained nothing more; the block form is capped
+# at BLOCK_MAX_NNZ entries (8 MB), so large graphs keep one sample a call.
+BLOCK_SAMPLES = 16
+BLOCK_MAX_NNZ = 1 << 20
+
+
+class _CsrProduct:
+    """``W x`` per sample for a CSR matrix W [rows, cols], k samples per MKL call.
+
+    ``x`` is [B, cols, H, W], or with ``col_stride`` a wider [B, col_stride, H, W] buffer whose
+    channels ``col_offset .. col_offset + cols`` are W's columns: the block-diagonal form
+    indexes into each sample's whole plane block, so the product reads those channels in place.
+    """
+
+    def __init__(self, csr: Tensor, col_stride: int | None = None, col_offset: int = 0) -> None:
+        self.csr = csr
+        self.rows, self.cols = csr.shape
+        self.nnz = csr.values().numel()
+        self.col_stride = self.cols if col_stride is None else col_stride
+        self.col_offset = col_offset
+        if not 0 <= col_offset <= self.col_stride - self.cols:
+            raise ValueError(
+                f"columns {col_offset}+{self.cols} exceed the stride {self.col_stride}"
+            )
+        plain = self.col_stride == self.cols and col_offset == 0
+        self._blocks: dict[int, Tensor] = {1: csr} if plain else {}
+
+    def samples_per_call(self, batch: int) -> int:
+        return max(1, min(BLOCK_SAMPLES, BLOCK_MAX_NNZ // max(self.nnz, 1), batch))
+
+    def block(self, k: int) -> Tensor:
+        """The block-diagonal CSR [k*rows, k*col_stride] holding k copies of W."""
+        if k not in self._blocks:
+            crow, col = self.csr.crow_indices(), self.csr.col_indices()
+            copy = torch.arange(k, dtype=crow.dtype)
+            crow_k = torch.cat(
+                (
+                    (crow[:-1] + (copy * self.nnz)[:, None]).reshape(-1),
+                    crow.new_tensor([k * self.nnz]),
+                )
+            )
+            col_k = (col + self.col_offset + (copy * self.col_stride)[:, None]).reshape(-1)
+            self._blocks[k] = torch.sparse_csr_tensor(
+                crow_k, col_k, self.csr.values().repeat(k), (k * self.rows, k * self.col_stride)
+            )
+        return self._blocks[k]
+
+    def __call__(self, x: Tensor, out: Tensor | None = None, beta: float = 0.0) -> Tensor:
+        """[B, col_stride, H, W] (contiguous) -> [B, rows, H, W]; into ``out`` (contiguous)
+        as ``out = W x + beta * out`` where given."""
+        b, c, h, w = x.shape
+        if c != self.col_stride:
+            raise ValueError(f"input has {c} channels, the product reads {self.col_stride}")
+        if out is None:
+            out = torch.empty(b, self.rows, h, w, dtype=x.dtype)
+        k = self.samples_per_call(b)
+        whole = b - b % k
+        # one [k*C, H*W] view per call: unbind makes them in one go where the chunks are equal
+        x_planes = x[:whole].reshape(whole // k, k * c, h * w).unbind(0)
+        o_planes = out[:whole].view(whole // k, k * self.rows, h * w).unbind(0)
+        for o, plane in zip(o_planes, x_planes):
+            torch.addmm(o, self.block(k), plane, beta=beta, out=o)
+        if whole < b:
+            o = out[whole:].view(-1, h * w)
+            rest = self.block(b - whole)
+            torch.addmm(o, rest, x[whole:].reshape(-1, h * w), beta=beta, out=o)
+        return out
+
+
+class _DenseProduct:
+    """``_CsrProduct``'s interface for a block too dense for CSR: W [rows, cols] (or W^T) times
+    channels ``col_offset .. col_offset + cols`` of [B, col_stride, H, W], per sample, by one
+    batched GEMM (MKL) that reads the strided channels in place and writes ``out`` in place."""
+
+    def __init__(
+        self, w2d: Tensor, transposed: bool = False, col_stride: int | None = None, col_offset=0
+    ) -> None:
+        self.w = (w2d.t() if transposed else w2d).detach().contiguous()
+        self.rows, self.cols = self.w.shape
+        self.col_stride = self.cols if col_stride is None else col_stride
+        self.col_offset = col_offset
+        if not 0 <= col_offset <= self.col_stride - self.cols:
+            raise ValueError(
+                f"columns {col_offset}+{self.cols} exceed the stride {self.col_stride}"
+            )
+
+    def __call__(self, x: Tensor, out: Tensor | None = None, beta: float = 0.0) -> Tensor:
+        b, c, h, w = x.shape
+        if c != self.col_stride:
+            raise ValueError(f"input has {c} channels, the product reads {self.col_stride}")
+        if out is None:
+            out = torch.empty(b, self.rows, h, w, dtype=x.dtype)
+        cols = x.reshape(b, c, h * w)[:, self.col_offset : self.col_offset + self.cols]
+        out.view(b, self.rows, h * w).baddbmm_(self.w.expand(b, -1, -1), cols, beta=beta)
+        return out
+
+
+def graph_product(
+    w2d: Tensor,
+    transposed: bool = False,
+    col_stride: int | None = None,
+    col_offset: int = 0,
+    max_density: float | None = None,
+):
+    """``W x`` (or ``W^T x``) per sample for a block ``w2d`` [rows, cols] of a graph weight, as
+    CSR products where the block is sparse enough (``sparse_weight``), else as a batched GEMM;
+    the input's channels ``col_offset ..`` of ``col_stride`` are the block's columns."""
+    sw = sparse_weight(w2d, max_density)
+    if sw is not None:
+        return sw.product(transposed, col_stride, col_offset)
+    return _DenseProduct(w2d, transposed, col_stride, col_offset)
+
+
+class SparseWeight:
+    """A graph weight's CSR forms, made on first use and shared by every product with it: W and
+    W^T (for input gradients), each readable from a wider buffer (``_CsrProduct``)."""
+
+    def __init__(self, w: Tensor) -> None:
+        self._w2d = w.detach().reshape(w.shape[0], w.shape[1])
+        self._csr: dict[bool, Tensor] = {}
+        self._products: dict[tuple, _CsrProduct] = {}
+
+    def product(
+        self, transposed: bool = False, col_stride: int | None = None, col_offset: int = 0
+    ) -> _CsrProduct:
+        """``W x`` (or ``W^T x``) per sample; see ``_CsrProduct`` for the strided reading."""
+        key = (transposed, col_stride, col_offset)
+        if key not in self._products:
+            if transposed not in self._csr:
+                self._csr[transposed] = _csr(self._w2d.t() if transposed else self._w2d)
+            self._products[key] = _CsrProduct(self._csr[transposed], col_stride, col_offset)
+        return self._products[key]
+
+
+# Without autograd (evaluation) the effective weight is cached by its Graph until it changes
+# (Graph.get_weight), so its sparse forms can be kept as long as that tensor lives: id(base
+# tensor) -> (weak reference to it, its version, {(offset, shape, strides): SparseWeight|None}).
+# An entry goes when its tensor is freed.
+_NO_GRAD_CACHE: dict = {}
+
+
+def sparse_weight(w: Tensor, max_density: float | None = None) -> SparseWeight | None:
+    """The CSR form of ``w`` if the sparse path pays for it (at most ``max_density`` of the
+    entries nonzero; default SPARSE_MAX_DENSITY), else None. Without autograd the answer is kept
+    for as long as ``w`` (or the tensor it views) lives unchanged."""
+    if not cpu_fast_paths() or w.device.type != "cpu" or w.dtype != torch.float32 or compiling():
+        return None
+    max_density = SPARSE_MAX_DENSITY if max_density is None else max_density
+    if torch.is_grad_enabled():
+        return _make_sparse_weight(w, max_density)
+    base = w if w._base is None else w._base
+    entry = _NO_GRAD_CACHE.get(id(base))
+    if entry is None or entry[0]() is not base or entry[1] != base._version:
+        key = id(base)
+        ref = weakref.ref(base, lambda _, key=key: _NO_GRAD_CACHE.pop(key, None))
+        entry = _NO_GRAD_CACHE[key] = (ref, base._version, {})
+    forms = entry[2]
+    key = (w.storage_offset(), tuple(w.shape), w.stride(), max_density)
+    if key not in forms:
+        forms[key] = _make_sparse_weight(w, max_density)
+    return forms[key]
+
+
+def _make_sparse_weight(w: Tensor, max_density: float) -> SparseWeight | None:
+    w2d = w.detach().reshape(w.shape[0], -1)
+    if int(torch.count_nonzero(w2d)) > max_density * w2d.numel():
+        return None
+    return SparseWeight(w)
