@@ -14,7 +14,7 @@ batch 256; ``warmup`` untimed steps then ``steps`` timed ones; images/s = batch 
 original's figures were taken with them; on a CPU the original's cost depended on the weights,
 see bench/README.md), ``fresh`` keeps the initialisation, ``both`` runs each. Freed memory is
 kept in the process as main.py does (genutil/allocator.py); ``--system_malloc`` leaves glibc's
-defaults.
+defaults; ``--no_native`` runs the torch ops instead of the native CPU kernels.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from genutil import api  # noqa: E402
 from genutil.allocator import keep_freed_memory  # noqa: E402
+from models.graphs import native  # noqa: E402
 
 DEFAULT_APPS = [
     "apps/small_scale/static_dnw.yml",
@@ -158,8 +159,14 @@ def main(argv: list[str] | None = None) -> int:
         help="leave glibc's malloc thresholds as they are (main.py raises them: "
         "keep_freed_memory, genutil/allocator.py)",
     )
+    p.add_argument(
+        "--no_native",
+        action="store_true",
+        help="torch ops instead of the native CPU kernels (config key native_kernels: false)",
+    )
     args = p.parse_args(argv)
     kept = False if args.system_malloc else keep_freed_memory()
+    native.native_kernels(not args.no_native)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(
@@ -167,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
         + f", threads {torch.get_num_threads()}, amp {args.amp or 'off'}, "
         f"compile {args.compile}, channels_last {args.channels_last}, "
-        f"malloc keeps freed memory {kept}"
+        f"malloc keeps freed memory {kept}, native CPU kernels "
+        f"{'on' if native.library() is not None else 'off'}"
     )
     print("| experiment | weights | mode | batch | median step (s) | images/s | original | ratio |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
