@@ -200,14 +200,14 @@ class StaticNeuralGraph(_TinyBase):
         return allowed
 
     def forward(self, x: Tensor) -> Tensor:
-        # Node groups are kept as separate tensors (None: still all zero) rather than one
-        # [B, dim] state that every step slices: slicing costs a zero-filled full-size
-        # gradient per step in the backward. Same sums as the original's in-place form.
         stem = self.downsample(x)
         w = self.graph.get_weight()  # once per forward, shared by every step
         fused = static_graph(stem, w, self.conv.weight, self.norm, self.block_rng, self.feature_dim)
         if fused is not None:  # the CPU fast path: the same graph as one Function
             return self._readout(fused)
+        # Step by step. Node groups are kept as separate tensors (None: still all zero) rather
+        # than one [B, dim] state that every step slices: slicing costs a zero-filled full-size
+        # gradient per step in the backward. Same sums as the original's in-place form.
         groups: list[Optional[Tensor]] = [stem] + [None] * (self.layers - 1)
         edges = weight_slices(  # group i's out-edges; the column ranges do not overlap
             w,

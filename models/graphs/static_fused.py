@@ -78,8 +78,10 @@ class _StaticGraph(torch.autograd.Function):
             )  # fmt: skip
             stats.append((mean, rstd))
         # as the original, the read-out nodes lie inside the last group, which the last step's
-        # own out-edges add into
-        out = states[-1][:, states[-1].shape[1] - feature_dim :].contiguous()
+        # own out-edges add into; a copy, since the last node's backward needs its state as it
+        # was (.contiguous() would return the state itself when the read-out is the whole group)
+        last = states[-1][:, states[-1].shape[1] - feature_dim :]
+        out = last.clone(memory_format=torch.contiguous_format)
         plan.out(nodes, out=out, beta=1.0)
         if grads:
             ctx.plan, ctx.rng, ctx.feature_dim = plan, rng, feature_dim
@@ -109,9 +111,12 @@ class _StaticGraph(torch.autograd.Function):
         for j in range(last, -1, -1):
             g_node = plan.out_t(g_out) if j == last else plan.push_t[j](g_states)
             mean, rstd = ctx.stats[j]
-            into = dict(out=g_states, out_c0=rng[j], out_cm=g_states_cm, out_cm0=rng[j])
-            if j == 0:
-                into = {}
+            # the stem's gradient leaves as a tensor of its own; the others go into the buffers
+            into = (
+                {}
+                if j == 0
+                else dict(out=g_states, out_c0=rng[j], out_cm=g_states_cm, out_cm0=rng[j])
+            )
             g_x, g_k_j, g_gamma, g_beta = native.node_backward(
                 states[j], g_node, k[rng[j] : rng[j + 1]], norm_params[2 * j],
                 norm_params[2 * j + 1], mean, rstd, **into,

@@ -74,6 +74,8 @@ def _exact(model, x, y):
         (dict(), 6),  # the paper's model, 8x8 maps
         (dict(dim=96, downsample_dim=16, feature_dim=10, image_size=16), 21),  # 4x4, remainder
         (dict(dim=80, downsample_dim=20, feature_dim=12, layers=3, image_size=24), 5),  # 6x6
+        # the read-out nodes are the whole last group
+        (dict(dim=96, downsample_dim=16, feature_dim=20, image_size=16), 7),
     ],
 )
 @pytest.mark.parametrize("graph", ["dnw", "random", "dnw_no_update", "td"])
