@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.graphs.fastpath import compiling
+from models.graphs.fastpath import traced
 
 __all__ = [
     "num_pruned",
@@ -70,13 +70,7 @@ def sample_stride(n: int) -> int:
 
 
 def _selects_with_numpy(flat: Tensor) -> bool:
-    return (
-        flat.device.type == "cpu"
-        and flat.dtype in _NUMPY_DTYPES
-        and not torch.jit.is_scripting()
-        and not torch.jit.is_tracing()
-        and not compiling()
-    )
+    return flat.device.type == "cpu" and flat.dtype in _NUMPY_DTYPES and not traced()
 
 
 def kth_smallest(flat: Tensor, k: int) -> Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["cpu_fast_paths", "fast_cpu", "compiling"]
+__all__ = ["cpu_fast_paths", "fast_cpu", "compiling", "traced"]
 
 _ENABLED = True
 
@@ -32,10 +32,13 @@ def fast_cpu(x: Tensor) -> bool:
         and x.dtype == torch.float32
         and x.dim() == 4
         and not _autocast_on_cpu()
-        and not torch.jit.is_scripting()
-        and not torch.jit.is_tracing()
-        and not compiling()
+        and not traced()
     )
+
+
+def traced() -> bool:
+    """Whether TorchScript or torch.compile is recording the ops (they trace the plain ones)."""
+    return torch.jit.is_scripting() or torch.jit.is_tracing() or compiling()
 
 
 def _autocast_on_cpu() -> bool:

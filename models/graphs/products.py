@@ -54,7 +54,26 @@ BLOCK_SAMPLES = 16
 BLOCK_MAX_NNZ = 1 << 20
 
 
-class _CsrProduct:
+class _Product:
+    """What both products share: W [rows, cols] reads the channels ``col_offset .. col_offset +
+    cols`` of an input [B, col_stride, H, W] (default: all of an input [B, cols, H, W])."""
+
+    def __init__(self, rows: int, cols: int, col_stride: int | None, col_offset: int) -> None:
+        self.rows, self.cols = rows, cols
+        self.col_stride = cols if col_stride is None else col_stride
+        self.col_offset = col_offset
+        if not 0 <= col_offset <= self.col_stride - cols:
+            raise ValueError(f"columns {col_offset}+{cols} exceed the stride {self.col_stride}")
+
+    def _output(self, x: Tensor, out: Tensor | None) -> Tensor:
+        """Check ``x``'s channels; ``out`` or a new [B, rows, H, W] tensor."""
+        b, c, h, w = x.shape
+        if c != self.col_stride:
+            raise ValueError(f"input has {c} channels, the product reads {self.col_stride}")
+        return torch.empty(b, self.rows, h, w, dtype=x.dtype) if out is None else out
+
+
+class _CsrProduct(_Product):
     """``W x`` per sample for a CSR matrix W [rows, cols], k samples per MKL call.
 
     ``x`` is [B, cols, H, W], or with ``col_stride`` a wider [B, col_stride, H, W] buffer whose
@@ -63,15 +82,9 @@ class _CsrProduct:
     """
 
     def __init__(self, csr: Tensor, col_stride: int | None = None, col_offset: int = 0) -> None:
+        super().__init__(*csr.shape, col_stride, col_offset)
         self.csr = csr
-        self.rows, self.cols = csr.shape
         self.nnz = csr.values().numel()
-        self.col_stride = self.cols if col_stride is None else col_stride
-        self.col_offset = col_offset
-        if not 0 <= col_offset <= self.col_stride - self.cols:
-            raise ValueError(
-                f"columns {col_offset}+{self.cols} exceed the stride {self.col_stride}"
-            )
         plain = self.col_stride == self.cols and col_offset == 0
         self._blocks: dict[int, Tensor] = {1: csr} if plain else {}
 
@@ -98,11 +111,8 @@ class _CsrProduct:
     def __call__(self, x: Tensor, out: Tensor | None = None, beta: float = 0.0) -> Tensor:
         """[B, col_stride, H, W] (contiguous) -> [B, rows, H, W]; into ``out`` (contiguous)
         as ``out = W x + beta * out`` where given."""
+        out = self._output(x, out)
         b, c, h, w = x.shape
-        if c != self.col_stride:
-            raise ValueError(f"input has {c} channels, the product reads {self.col_stride}")
-        if out is None:
-            out = torch.empty(b, self.rows, h, w, dtype=x.dtype)
         k = self.samples_per_call(b)
         whole = b - b % k
         # one [k*C, H*W] view per call: unbind makes them in one go where the chunks are equal
@@ -117,7 +127,7 @@ class _CsrProduct:
         return out
 
 
-class _DenseProduct:
+class _DenseProduct(_Product):
     """``_CsrProduct``'s interface for a block too dense for CSR: W [rows, cols] (or W^T) times
     channels ``col_offset .. col_offset + cols`` of [B, col_stride, H, W], per sample, by one
     batched GEMM (MKL) that reads the strided channels in place and writes ``out`` in place."""
@@ -126,20 +136,11 @@ class _DenseProduct:
         self, w2d: Tensor, transposed: bool = False, col_stride: int | None = None, col_offset=0
     ) -> None:
         self.w = (w2d.t() if transposed else w2d).detach().contiguous()
-        self.rows, self.cols = self.w.shape
-        self.col_stride = self.cols if col_stride is None else col_stride
-        self.col_offset = col_offset
-        if not 0 <= col_offset <= self.col_stride - self.cols:
-            raise ValueError(
-                f"columns {col_offset}+{self.cols} exceed the stride {self.col_stride}"
-            )
+        super().__init__(*self.w.shape, col_stride, col_offset)
 
     def __call__(self, x: Tensor, out: Tensor | None = None, beta: float = 0.0) -> Tensor:
+        out = self._output(x, out)
         b, c, h, w = x.shape
-        if c != self.col_stride:
-            raise ValueError(f"input has {c} channels, the product reads {self.col_stride}")
-        if out is None:
-            out = torch.empty(b, self.rows, h, w, dtype=x.dtype)
         cols = x.reshape(b, c, h * w)[:, self.col_offset : self.col_offset + self.cols]
         out.view(b, self.rows, h * w).baddbmm_(self.w.expand(b, -1, -1), cols, beta=beta)
         return out

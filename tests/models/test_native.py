@@ -125,6 +125,8 @@ def test_outputs_are_placed_in_wider_buffers():
         (torch.empty(2, 8, 4, 4), 0, None, 0),  # another batch
         (torch.empty(3, 8, 4, 4, dtype=torch.float64), 0, None, 0),
         (torch.empty(3, 8, 4, 4)[:, ::2], 0, None, 0),  # not contiguous
+        (torch.empty(3 * 8 * 16), 0, None, 0),  # not 4-D
+        (None, 0, torch.empty(6, 3 * 16), 0),  # channel-major, not 4-D
         (None, 0, torch.empty(5, 2, 4, 4), 0),  # channel-major buffer of another batch
         (None, 0, torch.empty(6, 3, 4, 4), 2),  # channels 2..7 of 6
     ],

@@ -175,20 +175,24 @@ def _place(like: Tensor, out: Optional[Tensor], c0: int, cm: Optional[Tensor], c
     b, c, h, w = like.shape
     if out is None:
         out, c0 = torch.empty_like(like), 0
-    for buf, first, dims in ((out, c0, (b, h, w)), (cm, cm0, (b, h, w))):
-        if buf is None:
-            continue
-        chans = buf.shape[1] if buf is out else buf.shape[0]
-        rest = (buf.shape[0], *buf.shape[2:]) if buf is out else tuple(buf.shape[1:])
-        if (
-            buf.dtype != torch.float32
-            or not buf.is_contiguous()
-            or buf.dim() != 4
-            or rest != dims
-            or not 0 <= first <= chans - c
-        ):
-            raise ValueError(f"output buffer {tuple(buf.shape)} cannot hold channels {first}+{c}")
+    _check_buffer(out, 1, c0, c, (b, h, w))
+    if cm is not None:
+        _check_buffer(cm, 0, cm0, c, (b, h, w))
     return out, c0, out.shape[1]
+
+
+def _check_buffer(buf: Tensor, channel_dim: int, first: int, c: int, rest: tuple) -> None:
+    """``buf``: contiguous float32, 4-D, ``rest`` beside its channel dimension, which has room
+    for channels ``first .. first + c``."""
+    shape = tuple(buf.shape)
+    if not (
+        buf.dtype == torch.float32
+        and buf.is_contiguous()
+        and buf.dim() == 4
+        and shape[:channel_dim] + shape[channel_dim + 1 :] == rest
+        and 0 <= first <= shape[channel_dim] - c
+    ):
+        raise ValueError(f"output buffer {shape} cannot hold channels {first}+{c}")
 
 
 def node_forward(
