@@ -72,12 +72,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(app or "", overrides)
         import logging  # noqa: PLC0415
 
+        from genutil import process  # noqa: PLC0415  (heavy imports after the config is valid)
         from genutil.log import setup_logging  # noqa: PLC0415
-        from genutil.run import run  # noqa: PLC0415  (heavy imports after the config is valid)
+        from genutil.run import run  # noqa: PLC0415
 
         setup_logging()
         if rank:
             logging.getLogger().setLevel(logging.WARNING)
+        said = process.configure(cfg)  # the process-wide settings: here, once
+        if rank == 0:
+            print(said)
         run(
             cfg,
             run_title(app, overrides),

@@ -42,9 +42,7 @@ from models.graphs.fast import BACKENDS, dgl_available  # noqa: E402
 from models.graphs.fast.counting import executed_macs  # noqa: E402
 
 DEFAULT_APP = "apps/medium_scale/mobilenetv1_dnw_x225.yml"
-FIXTURE = os.path.normpath(
-    os.path.join(ROOT, "..", "shared", "reference", "ckpt", "medium_mobilenetv1_dnw_x225.ckpt.pt")
-)
+FIXTURE = os.path.join(ROOT, "tests", "fixtures", "ckpt", "medium_mobilenetv1_dnw_x225.ckpt.pt")
 
 
 def trained_looking(model: nn.Module, seed: int = 0) -> str:

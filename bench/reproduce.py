@@ -121,8 +121,9 @@ def run_row(stem: str, setting: str, seed: int, protocol: Protocol, args) -> Opt
     from genutil import api  # noqa: PLC0415  (heavy imports once the arguments are valid)
     from genutil.checkpoint import load_model_state, model_state, read_checkpoint  # noqa: PLC0415
     from genutil.config import load_config, run_title  # noqa: PLC0415
-    from genutil.profiling import graph_params  # noqa: PLC0415
+    from genutil import process  # noqa: PLC0415
     from genutil.run import run  # noqa: PLC0415
+    from models.counting import graph_params  # noqa: PLC0415
 
     app = os.path.join(APP_DIR, stem + ".yml")
     epochs = protocol.epochs[setting]
@@ -162,6 +163,7 @@ def run_row(stem: str, setting: str, seed: int, protocol: Protocol, args) -> Opt
             log_file.write(line + "\n")
 
         start = time.perf_counter()
+        write(process.configure(cfg))  # this script is an entry point, as main.py
         try:
             run(cfg, title, write=write)
         finally:  # a stopped run's time counts too: the rerun adds its own

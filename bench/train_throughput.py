@@ -1,6 +1,6 @@
 """Training and evaluation images/second, by the method of the original's baseline.
 
-Method (../shared/reference/original_throughput.md): synthetic ``torch.randn`` images at the
+Method (the original's baseline, bench/README.md "The original's baseline"): synthetic ``torch.randn`` images at the
 experiment's input shape, random targets; ``torch.set_num_threads(threads)``; train step =
 ``model.train()``, zero_grad, forward, cross-entropy, backward, SGD step (lr 0.1, momentum 0.9,
 wd 1e-4), batch 128, the same batch every step; eval = ``model.eval()`` + ``no_grad`` forward at
@@ -45,8 +45,9 @@ FIXTURES = {
     "apps/small_scale/static_dnw.yml": "small_static_dnw.ckpt.pt",
     "apps/medium_scale/mobilenetv1_dnw_x225.yml": "medium_mobilenetv1_dnw_x225.ckpt.pt",
 }
-REFERENCE = os.path.join(ROOT, "..", "shared", "reference", "ckpt")
-# The original's figures (images/s, same method, this machine kind; original_throughput.md).
+REFERENCE = os.path.join(ROOT, "tests", "fixtures", "ckpt")
+# The original's figures (images/s, same method, an AMD EPYC of this project's machine kind;
+# bench/README.md "The original's baseline").
 ORIGINAL = {
     ("apps/small_scale/static_dnw.yml", "train"): 865,
     ("apps/small_scale/static_dnw.yml", "eval"): 1207,

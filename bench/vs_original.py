@@ -3,9 +3,9 @@ interleaved in one process so that the machine's drift cancels out.
 
     python bench/vs_original.py                 # static and discrete-time DNW, 20 / 6 rounds
 
-The original's formulation, re-implemented here from its description (SPEC section 5 and the
-reference README), not its code: one [B, dim] node state sliced by every step, dense 1x1
-convolutions, the InstanceNorm module, and a full sort of |w| for the top-k (once per forward in
+The original's formulation, re-implemented here from its description (docs/faithfulness.md), not
+its code: one [B, dim] node state sliced by every step, dense 1x1 convolutions, the InstanceNorm
+module, and a full sort of |w| for the top-k (once per forward in
 the static model, once per time step in the discrete-time one). It gives the same logits and
 gradients as ours (tests/models/test_ops.py checks both formulations against each other).
 

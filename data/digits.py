@@ -98,14 +98,14 @@ class Digits:
     ) -> Digits:
         """Build from the run's config (the only place config keys are read)."""
         return cls(
-            data_dir=getattr(cfg, "data_dir", ""),
+            data_dir=cfg.data_dir,
             batch_size=cfg.batch_size,
             test_batch_size=cfg.test_batch_size,
             workers=cfg.workers,
-            persistent_workers=getattr(cfg, "persistent_workers", False),
-            image_size=getattr(cfg, "image_size", 32),
-            in_channels=getattr(cfg, "in_channels", 3),
-            seed=getattr(cfg, "seed", 0),
+            persistent_workers=cfg.persistent_workers,
+            image_size=cfg.image_size,
+            in_channels=cfg.in_channels,
+            seed=cfg.seed,
             pin_memory=pin_memory,
             distributed=distributed,
         )

@@ -1,11 +1,19 @@
 """Public API for notebooks, tests and tools; main.py uses it like any other caller.
 
-model = build_model("apps/small_scale/static_dnw.yml", prune_rate=0.9)
-meta = load_checkpoint(model, "checkpoints/<title>/best.pt")
+    model = build_model("apps/small_scale/static_dnw.yml", prune_rate=0.9)
+    meta = load_checkpoint(model, "checkpoints/<title>/best.pt")
+    params, macs = profile(model)
+    small = fast_eval(model.eval(), backend="sparse")
+
+Errors are Python errors that name the argument at fault (ValueError, TypeError), or, for a file
+the user gave, a ``CheckpointError`` naming the file; the command line turns them into its own
+wording.
 """
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -15,6 +23,7 @@ from genutil.checkpoint import load_model_state, model_state, read_checkpoint
 from genutil.config import Config, load_config
 from genutil.errors import ConfigError
 from genutil.registry import resolve
+from models.contract import WiredNetwork, unwrap
 
 __all__ = [
     "build_model",
@@ -22,8 +31,10 @@ __all__ = [
     "load_checkpoint",
     "profile",
     "fast_eval",
+    "shrink",
+    "Shrunk",
     "export_model",
-    "prepare_for_eval",
+    "unwrap",
 ]
 
 
@@ -45,81 +56,74 @@ def load_checkpoint(model: nn.Module, path: str) -> dict:
     """Load weights from one of our checkpoints or an original one (with or without the
     ``module.`` prefix), safely; return the rest of the file (epoch, optimizer, ...)."""
     ckpt = read_checkpoint(path)
-    target = getattr(model, "module", model)
-    load_model_state(target, model_state(ckpt), source=f"checkpoint {path}")
+    load_model_state(unwrap(model), model_state(ckpt), source=f"checkpoint {path}")
     return {k: v for k, v in ckpt.items() if k != "model"}
 
 
-def profile(model: nn.Module, input_size: int | None = None) -> tuple[float, float]:
-    """(params, MACs) of a MobileNetV1-like model as the authors count them (SPEC section 7).
+def _network(model: nn.Module) -> WiredNetwork:
+    net = unwrap(model)
+    if not isinstance(net, WiredNetwork):
+        raise TypeError(
+            f"model is a {type(net).__name__}, which does not implement "
+            "models.contract.WiredNetwork: subclass it (docs/architecture.md)"
+        )
+    return net
 
-    ``input_size=None`` is the original's ImageNet assumption (what the paper's table uses);
-    see genutil.profiling.profile for the per-block details.
-    """
-    from genutil.profiling import profile as _profile  # noqa: PLC0415
 
-    result = _profile(model, input_size=input_size)
+def profile(model: nn.Module, input_size: Optional[int] = None) -> tuple[int, int]:
+    """(parameters, multiply-adds) as the paper counts them: effective parameters (kept edges,
+    not dense weights). ``input_size=None`` is each network's default: the model's own input
+    side, except MobileNetV1Like, whose default is the original's 224 x 224 ImageNet assumption
+    (what the paper's tables use). Details: ``genutil.profiling.profile``."""
+    result = _network(model).profile(input_size)
     return result.params, result.macs
 
 
-def fast_eval(model: nn.Module, backend: str = "dense", rule: str = "original") -> nn.Module:
-    """A new, shrunk copy of a MobileNetV1Like or StaticNeuralGraph for evaluation (SPEC 7, 8).
+@dataclass
+class Shrunk:
+    """A shrunk network (``module``, in eval mode) and lines that say what it kept."""
 
-    Dead nodes are removed and the Blocks' edges run with ``backend``: "dense" (1x1 convs),
-    "sparse" (torch CSR products) or "dgl" (message passing; needs the DGL environment, else
-    ConfigError). The result is in eval mode on the model's device; its outputs equal the full
-    model's; ``.kept_channels()`` and ``.report()`` describe what was kept.
-    """
-    from models.graphs.fast import fast_eval as _fast_eval  # noqa: PLC0415
+    module: nn.Module
+    lines: list[str]
 
+
+def shrink(model: nn.Module, backend: str = "dense", rule: str = "original") -> Shrunk:
+    """``fast_eval`` with its report (one line per part of the network)."""
+    net = _network(model)
+    device = next(net.parameters()).device
+    source = net if device.type == "cpu" else copy.deepcopy(net).cpu()
+    was_training = source.training
+    if was_training:  # (eval() also drops the graphs' cached weights: only when needed)
+        source.eval()  # BatchNorm running statistics and the evaluation edge sets
     try:
-        return _fast_eval(model, backend=backend, rule=rule)
-    except ValueError as e:
-        raise ConfigError(f"{e}: drop --fast_eval") from None
+        with torch.no_grad():
+            plan = source.fast_plan(rule)
+            module = plan.build(backend)
+            lines = plan.report(backend)
+    finally:
+        if was_training:
+            source.train()
+    return Shrunk(module.to(device).eval(), lines)
+
+
+def fast_eval(model: nn.Module, backend: str = "dense", rule: str = "original") -> nn.Module:
+    """A NEW shrunk copy of ``model`` for evaluation, in eval mode on the model's device; the
+    model is unchanged and the outputs are equal (up to the order of float sums).
+
+    What shrinking means is the network's own plan (``fast_plan()``): MobileNetV1Like and
+    StaticNeuralGraph remove dead nodes; any other network runs its graph layers' kept edges
+    only. ``backend``: "dense" (1x1 convolutions), "sparse" (CSR products) or "dgl" (message
+    passing; the DGL environment only). ``rule``: which nodes MobileNetV1Like counts as dead
+    ("original" or "transitive"). ValueError for a network or backend that cannot do this.
+    """
+    return shrink(model, backend, rule).module
 
 
 def export_model(model: nn.Module, path: str, example: torch.Tensor) -> float:
     """Write a ``fast_eval`` model (dense or sparse backend) as TorchScript to ``path``; reload it
     and check it on ``example``; return the largest absolute difference. In a fresh Python,
-    ``torch.jit.load(path)`` with only torch imported runs it."""
+    ``torch.jit.load(path)`` with only torch imported runs it. ValueError for a module that
+    TorchScript cannot hold."""
     from models.graphs.fast.export import export_model as _export  # noqa: PLC0415
 
-    try:
-        return _export(model, path, example)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
-def prepare_for_eval(
-    model: nn.Module,
-    *,
-    fast: bool,
-    backend: str = "dense",
-    export: str = "",
-    example: Optional[torch.Tensor] = None,
-) -> tuple[nn.Module, list[str]]:
-    """What ``--evaluate`` runs: the model itself, or with ``fast`` its shrunk copy (on the
-    model's device), and lines to print. ``backend`` is ``graph_backend`` ("dgl" when
-    ``--use_dgl``); ``export`` a path to write the shrunk model to (checked on ``example``, a
-    batch such as ``torch.randn(2, in_channels, image_size, image_size)``)."""
-    if not fast:
-        if backend != "dense" or export:
-            what = "--export" if export else f"graph_backend {backend}"
-            raise ConfigError(f"{what} applies to the shrunk model: add --fast_eval")
-        return model, []
-    shrunk = fast_eval(model, backend=backend)
-    lines = shrunk.report()
-    if export:
-        if example is None:
-            raise ValueError("prepare_for_eval: export needs an example input")
-        source = shrunk
-        if backend == "dgl":  # DGL graphs do not serialize: the sparse twin has the same outputs
-            source = fast_eval(model, backend="sparse")
-            lines.append("export: the dgl backend cannot be saved; writing the sparse backend")
-        device = next(iter(source.buffers())).device
-        diff = export_model(source, export, example.to(device))
-        lines.append(
-            f"exported the shrunk model to {export} (TorchScript; reloaded, max |diff| "
-            f"{diff:.1e}); load it with torch.jit.load"
-        )
-    return shrunk, lines
+    return _export(model, path, example)

@@ -1,6 +1,6 @@
 """The experiment configuration: the original command-line grammar -> one frozen, typed Config.
 
-Grammar (SPEC section 2, as the original runner): ``app:<file.yml>`` names the experiment; every
+Grammar (docs/faithfulness.md, "The command line"): ``app:<file.yml>`` names the experiment; every
 later ``--key v`` overrides ``key``; a value that parses as int, else float, stays that, else is a
 string; ``--key v1 v2`` gives a list; ``--key`` alone sets True and ``--nokey`` sets False.
 ``--gpus`` and ``--data-dir`` select devices and the data root. The run title is
@@ -24,11 +24,26 @@ from genutil.errors import ConfigError
 
 __all__ = ["Config", "parse_argv", "parse_value", "load_config", "run_title", "config_help"]
 
-_SCHEDULERS = ("multistep", "cosine", "linear_decaying", "exp_decaying")
-_GRAPHS = ("complete", "dnw", "dnw_no_update", "random", "fine_tune", "td", "reg_td")
+
+def _schedules() -> tuple[str, ...]:
+    from genutil.schedules import SCHEDULES  # noqa: PLC0415
+
+    return tuple(SCHEDULES)
 
 
-def _f(default: Any, help: str, choices: Optional[tuple] = None) -> Any:
+def _edge_types() -> tuple[str, ...]:
+    from models.graphs.edges import GRAPH_TYPES  # noqa: PLC0415  (imports torch: on demand)
+
+    return tuple(GRAPH_TYPES)
+
+
+def _choices(f: dataclasses.Field) -> Optional[tuple]:
+    """A field's allowed values: a tuple, or read from a registry (a function) when asked."""
+    choices = f.metadata.get("choices")
+    return choices() if callable(choices) else choices
+
+
+def _f(default: Any, help: str, choices: Any = None) -> Any:
     meta = {"help": help, "choices": choices}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
@@ -52,9 +67,10 @@ class Config:
     in_channels: int = _f(3, "input image channels")
     output_size: int = _f(10, "number of classes")
     train_subset: int = _f(0, "train on a random subset of this many images (0: all)")
+    download: bool = _f(True, "download the dataset when it is missing (CIFAR-10, Fashion-MNIST)")
     # optimisation
     lr: float = _f(0.1, "base learning rate")
-    lr_scheduler: str = _f("cosine", "learning-rate schedule", _SCHEDULERS)
+    lr_scheduler: str = _f("cosine", "learning-rate schedule", _schedules)
     multistep_lr_milestones: list = _f([], "epochs at which multistep multiplies lr by gamma")
     multistep_lr_gamma: float = _f(0.1, "multistep factor")
     exp_decaying_lr_gamma: float = _f(0.97, "exp_decaying factor per epoch")
@@ -66,7 +82,7 @@ class Config:
     topk: list = _f([1, 5], "top-k accuracies to report")
     seed: int = _f(0, "seed of python, numpy and torch (the original always used 0)")
     # the wiring
-    graph: str = _f("dnw", "edge type of every graph layer", _GRAPHS)
+    graph: str = _f("dnw", "edge type of every graph layer", _edge_types)
     setting: str = _f(
         "static",
         "tiny classifiers: static | discrete_time | continuous",
@@ -83,7 +99,7 @@ class Config:
     rho: Union[float, str] = _f(0.5, "targeted dropout drop probability, or 'gamma' (= prune_rate)")
     td_abs: bool = _f(False, "td/reg_td: train on |w| as the original did (sign lost)")
     ode_inplace_relu: bool = _f(
-        True, "continuous model: clamp the solver state in place as the original (SPEC 8)"
+        True, "continuous model: clamp the solver state in place as the original (docs/faithfulness.md)"
     )
     use_graph: str = _f("", "fine_tune: checkpoint whose wiring (and weights) to start from")
     use_init: str = _f("", "fine_tune: checkpoint whose weights to start from (lottery ticket)")
@@ -112,6 +128,11 @@ class Config:
         "glibc: keep freed memory for the next step instead of returning it to the kernel "
         "(no page faults per step; the process keeps its peak memory; genutil/allocator.py)",
     )
+    fast_paths: bool = _f(
+        True,
+        "the models' forwards arranged for speed (models/graphs/fastpath.py); off: the "
+        "reference forwards in plain torch ops, same math",
+    )
     native_kernels: bool = _f(
         True,
         "CPU: the tiny models' node ops (norm, ReLU, depthwise) and static graph as C kernels, "
@@ -133,6 +154,7 @@ _NOT_IN_TITLE = (
     "keep_freed_memory",
     "persistent_workers",
     "native_kernels",
+    "fast_paths",
 )
 
 
@@ -235,8 +257,9 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
     if isinstance(value, (dict, list)):
         raise bad("a string")
     value = str(value)
-    if f.metadata.get("choices") and value not in f.metadata["choices"]:
-        allowed = ", ".join(repr(c) for c in f.metadata["choices"])
+    choices = _choices(f)
+    if choices and value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
         raise ConfigError(f"{where} is not one of {allowed}: set {name} to one of them")
     return value
 
@@ -337,7 +360,7 @@ def config_help() -> str:
     lines = []
     for f in dataclasses.fields(Config):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        choices = f.metadata.get("choices")
+        choices = _choices(f)
         extra = f" [{' | '.join(map(str, choices))}]" if choices else ""
         lines.append(f"  --{f.name:<24} {f.metadata['help']}{extra} (default {default!r})")
     return "\n".join(lines)

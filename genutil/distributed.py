@@ -27,6 +27,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from genutil.errors import ConfigError
+from models.contract import unwrap
 
 __all__ = [
     "DistInfo",
@@ -180,16 +181,15 @@ def barrier() -> None:
 
 
 def eval_module(model: nn.Module) -> nn.Module:
-    """The module to evaluate: under DDP its inner module, with rank 0's buffers.
+    """The module to evaluate: under a process group the bare model, with rank 0's buffers.
 
     Evaluating through DDP would run a collective per forward while ranks may hold different
     numbers of validation batches; and each rank's BatchNorm statistics moved with its own last
     batch, so all take rank 0's, the ones its checkpoint holds.
     """
-    inner = getattr(model, "_orig_mod", model)  # torch.compile wrapper
-    if not isinstance(inner, nn.parallel.DistributedDataParallel):
+    if not active():
         return model
-    module = inner.module
+    module = unwrap(model)
     for buffer in module.buffers():
         dist.broadcast(buffer, src=0)
     return module

@@ -11,6 +11,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from models.contract import graph_layers, unwrap
+
 __all__ = ["ProgressHook", "ConsoleHook", "TensorBoardHook", "adjacency_images", "setup_logging"]
 
 
@@ -82,20 +84,14 @@ class ConsoleHook:
         )
 
 
-def adjacency_images(weights: Any) -> list[tuple[str, torch.Tensor]]:
-    """(tag, [1, n_in, n_out] 0/1 image) of each graph's non-zero edges, as the original logs.
-
-    ``weights`` is a model's ``get_weight()``: one effective weight or a list of them.
-    """
-    if isinstance(weights, torch.Tensor):
-        weights = [weights]
-        tags = ["non_zero"]
-    else:
-        tags = [f"non_zero_{i}" for i in range(len(weights))]
+def adjacency_images(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """(tag, [1, n_out, n_in] 0/1 image) of each graph layer's kept edges: rows are target
+    nodes and columns source nodes, as in the project's adjacency figures (genutil.plot)."""
+    layers = graph_layers(model)
     out = []
-    for tag, w in zip(tags, weights):
-        w = w.detach().reshape(w.shape[0], -1).t()  # [n_in, n_out]: rows are sources
-        out.append((tag, (w != 0).float().unsqueeze(0).cpu()))
+    for layer in layers:
+        tag = "non_zero" if len(layers) == 1 else f"non_zero/{layer.name}"
+        out.append((tag, (layer.effective_weight() != 0).float().unsqueeze(0).cpu()))
     return out
 
 
@@ -120,16 +116,13 @@ class TensorBoardHook:
             for key, value in metrics.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     self.writer.add_scalar(f"{phase}/{key}", value, epoch)
-        model = getattr(self.model, "module", self.model)
-        if hasattr(model, "get_weight"):
-            with torch.no_grad():
-                for tag, image in adjacency_images(model.get_weight()):
-                    self.writer.add_image(f"val/{tag}", image, epoch)
+        model = unwrap(self.model)
+        for tag, image in adjacency_images(model):
+            self.writer.add_image(f"val/{tag}", image, epoch)
         if self.profile is not None:
             result = self.profile(model)
-            if result is not None:
-                self.writer.add_scalar("flops/flops", float(result.macs), epoch)
-                self.writer.add_scalar("flops/params", float(result.params), epoch)
+            self.writer.add_scalar("flops/flops", float(result.macs), epoch)
+            self.writer.add_scalar("flops/params", float(result.params), epoch)
         self.writer.flush()
 
     def on_fit_end(self, state) -> None:

@@ -1,7 +1,7 @@
 """Continuing a run: what a checkpoint of a run holds, reading a run's position back, and
 stopping cleanly on SIGINT/SIGTERM.
 
-Exact resume (SPEC 6, issue 6): a checkpoint holds the weights, the optimizer, every RNG state
+Exact resume (docs/checkpoints.md): a checkpoint holds the weights, the optimizer, every RNG state
 (python, numpy, torch, CUDA; of every process under torchrun) and the data position (next epoch,
 batches of it already trained). The loaders make an epoch's order a function of (seed, epoch)
 alone (data.loaders); the trainer replays a partial epoch's first batches without training on
@@ -36,6 +36,7 @@ from genutil.config import Config
 from genutil.distributed import DistInfo
 from genutil.errors import CheckpointError, ConfigError
 from genutil.trainer import TrainState
+from models.contract import unwrap
 
 __all__ = [
     "CheckpointHook",
@@ -45,14 +46,6 @@ __all__ = [
     "restore_rng",
     "stop_on_signals",
 ]
-
-
-def _bare(net: nn.Module) -> nn.Module:
-    """The model inside torch.compile / DataParallel / DistributedDataParallel wrappers."""
-    net = getattr(net, "_orig_mod", net)
-    if isinstance(net, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        net = net.module
-    return net
 
 
 class CheckpointHook:
@@ -77,7 +70,7 @@ class CheckpointHook:
         self.steps_per_epoch, self.world_size = steps_per_epoch, world_size
 
     def payload(self, state: TrainState, last_epoch: int) -> dict:
-        model = _bare(self.model)
+        model = unwrap(self.model)
         history = state.history[-1] if state.history else {}
         rngs = distributed.all_gather(rng_state())
         return {

@@ -1,14 +1,14 @@
-"""One job from a Config: checks, seed, model, resume, data, then train or evaluate.
+"""One job from a Config: ``setup(cfg) -> Job``, then ``train(job)`` or ``evaluate(job)``.
 
 Files of a run (title = ``base=<yml>_key=value...``): checkpoints in ``save_dir/title/``
 (``init.pt`` before the first epoch, ``epoch_{e}.pt`` after epoch 0 and every 10th epoch,
 ``best.pt`` at each new best, ``last.pt`` after every epoch and when stopped by a signal) and
 TensorBoard events in ``log_dir/title/``.
 
-Order matters: everything a user can get wrong (class names, checkpoint file, a fresh start over
-an earlier run, an unwritable folder, the checkpoint's fit to the model, the data) is checked
-before anything is written, the cheap checks first. Resuming (exactly, on the CPU) and stopping
-on SIGINT/SIGTERM: genutil.resume.
+``setup`` checks everything a user can get wrong (class names, checkpoint file, a fresh start
+over an earlier run, an unwritable folder, the checkpoint's fit to the model, the data) before
+anything is written, the cheap checks first. Resuming (exactly, on the CPU) and stopping on
+SIGINT/SIGTERM: genutil.resume. This is the command line's layer: errors say what to type.
 
 Under torchrun (genutil.distributed) every process runs this; only rank 0 writes and prints.
 """
@@ -20,20 +20,20 @@ import logging
 import os
 import random
 import tempfile
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from genutil import api, distributed
-from genutil.allocator import keep_freed_memory
 from genutil.checkpoint import load_model_state, model_state, read_checkpoint, remove_stale_temps
 from genutil.config import Config
 from genutil.distributed import DistInfo
 from genutil.errors import ConfigError
 from genutil.log import ConsoleHook, ProgressHook, TensorBoardHook
-from genutil.profiling import describe, profile_or_none
+from genutil.profiling import describe, profile
 from genutil.registry import resolve
 from genutil.resume import (
     CheckpointHook,
@@ -44,10 +44,24 @@ from genutil.resume import (
     stop_on_signals,
 )
 from genutil.schedules import Schedule
-from genutil.trainer import DivergenceError, TrainState, evaluate, fit
-from models.graphs import native
+from genutil.trainer import DivergenceError, TrainState, fit
+from genutil.trainer import evaluate as evaluate_loop
+from models.contract import graph_layers
+from models.graphs import fastpath
+from models.graphs.edges import FineTune
+from models.graphs.fast import BackendUnavailable
 
-__all__ = ["run", "seed_everything", "select_devices", "CheckpointHook", "make_optimizer"]
+__all__ = [
+    "Job",
+    "setup",
+    "train",
+    "evaluate",
+    "run",
+    "seed_everything",
+    "select_devices",
+    "make_optimizer",
+    "CheckpointHook",
+]
 
 log = logging.getLogger(__name__)
 
@@ -96,26 +110,41 @@ def make_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     )
 
 
-def _apply_use_graph(cfg: Config, model: nn.Module) -> None:
-    """fine_tune: wiring (and weights) from ``use_graph``; weights from ``use_init``."""
-    if not cfg.use_graph and not cfg.use_init:
-        return
-    if cfg.graph != "fine_tune":
+@dataclass
+class Job:
+    """Everything a run works with, built by ``setup``. ``model`` is the bare network, ``net``
+    what runs it (DataParallel, DDP, torch.compile, or the shrunk model of ``--fast_eval``)."""
+
+    cfg: Config
+    title: str
+    write: Callable[[str], None]
+    info: DistInfo
+    device: torch.device
+    gpu_ids: list
+    folder: str  # save_dir/title
+    log_folder: str  # log_dir/title
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    state: TrainState
+    resume: Optional[str]  # the checkpoint continued from, if any
+    data: Any = None  # .train_loader, .val_loader (None: a finished run, nothing to load)
+    net: Optional[nn.Module] = None
+
+    @property
+    def finished(self) -> bool:
+        return not self.cfg.evaluate and self.state.epoch >= self.cfg.num_epochs
+
+
+def _check_mode(cfg: Config) -> None:
+    if not cfg.evaluate and (cfg.fast_eval or cfg.use_dgl or cfg.export):
         raise ConfigError(
-            f"use_graph/use_init need graph: fine_tune (got {cfg.graph!r}): "
-            "set --graph fine_tune or drop use_graph/use_init"
+            "--fast_eval/--use_dgl/--export shrink a trained model for evaluation: "
+            "add --evaluate --resume <checkpoint>"
         )
-    if cfg.use_init and not cfg.use_graph:
-        raise ConfigError("use_init needs use_graph (the wiring to keep): set --use_graph")
-    api.load_checkpoint(model, cfg.use_graph)
-    for layer in model.modules():
-        if hasattr(layer, "init_mask"):
-            layer.init_mask()  # freeze the trained run's top-k as the wiring
-    if cfg.use_init:
-        init = model_state(read_checkpoint(cfg.use_init))
-        init = {k: v for k, v in init.items() if not k.endswith(".mask")}  # keep the masks
-        masks = {k: v for k, v in model.state_dict().items() if k.endswith(".mask")}
-        load_model_state(model, {**init, **masks}, source=f"use_init {cfg.use_init}")
+    backend = "dgl" if cfg.use_dgl else cfg.graph_backend
+    if cfg.evaluate and not cfg.fast_eval and (backend != "dense" or cfg.export):
+        what = "--export" if cfg.export else f"graph_backend {backend}"
+        raise ConfigError(f"{what} applies to the shrunk model: add --fast_eval")
 
 
 def _check_writable(folders: dict[str, str], create: bool) -> None:
@@ -141,34 +170,41 @@ def _check_writable(folders: dict[str, str], create: bool) -> None:
             ) from None
 
 
-def _silent(_: str) -> None:
-    pass
-
-
-def run(
-    cfg: Config, title: str, write: Callable[[str], None] = print, resume_command: str = ""
-) -> dict[str, Any]:
-    """Train (or with ``evaluate`` only evaluate) as the config says; return final metrics.
-
-    ``resume_command`` is the command line that continues this run, printed when a signal stops
-    it. Under torchrun this joins the process group (and leaves it on return).
-    """
-    info = distributed.init_distributed()
-    result = _run(cfg, title, write if info.is_primary else _silent, resume_command, info)
-    # after an error the process just exits: tearing down a group that a failed rank has left
-    # can block or abort, and would hide the one-line error
-    distributed.shutdown(info)
-    return result
-
-
-def _run(
-    cfg: Config, title: str, write: Callable[[str], None], resume_command: str, info: DistInfo
-) -> dict[str, Any]:
-    if not cfg.evaluate and (cfg.fast_eval or cfg.use_dgl or cfg.export):
+def _apply_use_graph(cfg: Config, model: nn.Module) -> None:
+    """fine_tune: wiring (and weights) from ``use_graph``; weights from ``use_init``."""
+    if not cfg.use_graph and not cfg.use_init:
+        return
+    if cfg.graph != "fine_tune":
         raise ConfigError(
-            "--fast_eval/--use_dgl/--export shrink a trained model for evaluation: "
-            "add --evaluate --resume <checkpoint>"
+            f"use_graph/use_init need graph: fine_tune (got {cfg.graph!r}): "
+            "set --graph fine_tune or drop use_graph/use_init"
         )
+    if cfg.use_init and not cfg.use_graph:
+        raise ConfigError("use_init needs use_graph (the wiring to keep): set --use_graph")
+    api.load_checkpoint(model, cfg.use_graph)
+    for layer in graph_layers(model):
+        if isinstance(layer.module, FineTune):
+            layer.module.init_mask()  # freeze the trained run's top-k as the wiring
+    if cfg.use_init:
+        init = model_state(read_checkpoint(cfg.use_init))
+        init = {k: v for k, v in init.items() if not k.endswith(".mask")}  # keep the masks
+        masks = {k: v for k, v in model.state_dict().items() if k.endswith(".mask")}
+        load_model_state(model, {**init, **masks}, source=f"use_init {cfg.use_init}")
+
+
+def _wrap(job: Job) -> nn.Module:
+    """What runs the model: DDP under torchrun, DataParallel over several GPUs, compiled."""
+    cfg, net = job.cfg, job.model
+    if job.info.enabled and not cfg.evaluate:
+        net = distributed.wrap_ddp(net, job.device)
+    elif len(job.gpu_ids) > 1:
+        net = nn.DataParallel(net, device_ids=job.gpu_ids)
+    return torch.compile(net) if cfg.compile else net
+
+
+def setup(cfg: Config, title: str, write: Callable[[str], None] = print, info=DistInfo()) -> Job:
+    """Check and build everything of a run; nothing is written but the run's empty folders."""
+    _check_mode(cfg)
     data_class = resolve(cfg.data, "data")  # names first: cheap, and the likeliest typos
     resolve(cfg.model, "model")
     device, gpu_ids = select_devices(cfg.gpus, info)
@@ -182,17 +218,7 @@ def _run(
     outputs = {"save_dir": folder, "log_dir": os.path.join(cfg.log_dir, title)}
     if not cfg.evaluate and info.is_primary:
         _check_writable(outputs, create=False)
-    # batch sizes in the config are global; each process loads its share (genutil.distributed)
-    data_cfg = dataclasses.replace(
-        cfg,
-        batch_size=distributed.per_process(cfg.batch_size, info.world_size, "batch_size"),
-        test_batch_size=max(1, -(-cfg.test_batch_size // info.world_size)),
-    )
 
-    torch.backends.cudnn.benchmark = True
-    if cfg.keep_freed_memory:
-        keep_freed_memory()  # no fresh pages per step on the CPU side (genutil/allocator.py)
-    native.native_kernels(cfg.native_kernels)
     seed_everything(cfg.seed)
     model = api.model_from_config(cfg)
     if info.enabled and info.rank:
@@ -204,85 +230,90 @@ def _run(
     model.to(device)
     if cfg.channels_last and device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(cfg, model)
-    state = TrainState()
+    job = Job(
+        cfg, title, write, info, device, gpu_ids, folder, outputs["log_dir"], model,
+        make_optimizer(cfg, model), TrainState(), resume,
+    )  # fmt: skip
     if ckpt is not None:
-        restore(ckpt, resume, cfg, model, optimizer, state)
-        if not cfg.evaluate and state.epoch >= cfg.num_epochs:
-            write(f"=> {title} has trained all {cfg.num_epochs} epochs ({resume}): nothing to do")
-            return {}
-    data = data_class.from_config(
+        restore(ckpt, resume, cfg, model, job.optimizer, job.state)
+    if job.finished:
+        return job
+    # batch sizes in the config are global; each process loads its share (genutil.distributed)
+    data_cfg = dataclasses.replace(
+        cfg,
+        batch_size=distributed.per_process(cfg.batch_size, info.world_size, "batch_size"),
+        test_batch_size=max(1, -(-cfg.test_batch_size // info.world_size)),
+    )
+    job.data = data_class.from_config(
         data_cfg, pin_memory=device.type == "cuda", distributed=info.enabled
     )
     if not cfg.evaluate and info.is_primary:  # the last check: it creates the run's folders
         _check_writable(outputs, create=True)
     if ckpt is not None:
         if not cfg.evaluate:
-            restore_rng(ckpt, resume, info, len(data.train_loader))
-        at = f", batch {state.batch} of it" if state.batch else ""
-        write(f"=> resumed {resume} (next epoch {state.epoch}{at}, step {state.step})")
+            restore_rng(ckpt, resume, info, len(job.data.train_loader))
+        at = f", batch {job.state.batch} of it" if job.state.batch else ""
+        write(f"=> resumed {resume} (next epoch {job.state.epoch}{at}, step {job.state.step})")
+    job.net = job.model if cfg.evaluate and cfg.fast_eval else _wrap(job)
+    return job
 
-    net: nn.Module = model
-    if cfg.evaluate and (cfg.fast_eval or cfg.use_dgl):
-        pass  # the shrunk model below runs on one device: no DataParallel, no compile
-    elif info.enabled and not cfg.evaluate:
-        net = distributed.wrap_ddp(model, device)
-    elif len(gpu_ids) > 1:
-        net = nn.DataParallel(model, device_ids=gpu_ids)
-    if cfg.compile and not (cfg.evaluate and (cfg.fast_eval or cfg.use_dgl)):
-        net = torch.compile(net)
 
-    if cfg.evaluate:
-        if not cfg.skip_profiling:
-            result = profile_or_none(model)
-            for line in describe(result) if result is not None else []:
-                write(line)
-        backend = "dgl" if cfg.use_dgl else cfg.graph_backend
-        if cfg.fast_eval or backend != "dense" or cfg.export:
+def _shrunk(job: Job) -> nn.Module:
+    """``--fast_eval``: the shrunk model (and ``--export``), with the command line's wording."""
+    cfg = job.cfg
+    backend = "dgl" if cfg.use_dgl else cfg.graph_backend
+    try:
+        shrunk = api.shrink(job.model, backend=backend)
+        for line in shrunk.lines:
+            job.write(line)
+        if cfg.export:
+            source = shrunk.module
+            if backend == "dgl":  # DGL graphs do not serialize: the sparse twin, same outputs
+                source = api.fast_eval(job.model, backend="sparse")
+                job.write("export: the dgl backend cannot be saved; writing the sparse backend")
             example = torch.randn(2, cfg.in_channels, cfg.image_size, cfg.image_size)
-            net, lines = api.prepare_for_eval(
-                model, fast=cfg.fast_eval, backend=backend, export=cfg.export, example=example
+            diff = api.export_model(source, cfg.export, example.to(job.device))
+            job.write(
+                f"exported the shrunk model to {cfg.export} (TorchScript; reloaded, max |diff| "
+                f"{diff:.1e}); load it with torch.jit.load"
             )
-            for line in lines:
-                write(line)
-        metrics = evaluate(
-            net,
-            data.val_loader,
-            device=device,
-            topk=cfg.topk,
-            amp=cfg.amp,
-            hooks=[ProgressHook(cfg.progress)] if info.is_primary else [],
-        )
-        write(
-            f"eval {title}: loss {metrics['CELoss']:.4f} "
-            + " ".join(f"top-{k} {100 * metrics[f'top{k}_accuracy']:.2f}%" for k in cfg.topk)
-        )
-        return metrics
-    return _train(
-        cfg, title, write, resume_command, info, net, model, optimizer, data, state, device, folder
+    except BackendUnavailable as e:
+        raise ConfigError(
+            f"{e}: run `make dgl-env`, then use .venv-dgl/bin/python instead of python"
+        ) from None
+    except ValueError as e:
+        raise ConfigError(f"{e}: drop --fast_eval or choose another --graph_backend") from None
+    return shrunk.module
+
+
+def evaluate(job: Job) -> dict[str, Any]:
+    """``--evaluate``: the paper's count (unless ``skip_profiling``), then loss and top-k."""
+    cfg = job.cfg
+    if not cfg.skip_profiling:
+        for line in describe(profile(job.model)):
+            job.write(line)
+    net = _shrunk(job) if cfg.fast_eval else job.net
+    metrics = evaluate_loop(
+        net,
+        job.data.val_loader,
+        device=job.device,
+        topk=cfg.topk,
+        amp=cfg.amp,
+        hooks=[ProgressHook(cfg.progress)] if job.info.is_primary else [],
     )
+    job.write(
+        f"eval {job.title}: loss {metrics['CELoss']:.4f} "
+        + " ".join(f"top-{k} {100 * metrics[f'top{k}_accuracy']:.2f}%" for k in cfg.topk)
+    )
+    return metrics
 
 
-def _train(
-    cfg: Config,
-    title: str,
-    write: Callable[[str], None],
-    resume_command: str,
-    info: DistInfo,
-    net: nn.Module,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    data: Any,
-    state: TrainState,
-    device: torch.device,
-    folder: str,
-) -> dict[str, Any]:
-    steps = len(data.train_loader)
-    schedule = Schedule(
+def _schedule(cfg: Config, data: Any) -> Schedule:
+    return Schedule(
         cfg.lr_scheduler,
         cfg.lr,
         cfg.num_epochs,
-        steps,
+        len(data.train_loader),
         milestones=list(cfg.multistep_lr_milestones),
         gamma=cfg.exp_decaying_lr_gamma
         if cfg.lr_scheduler == "exp_decaying"
@@ -290,60 +321,95 @@ def _train(
         dataset_len=len(data.train_loader.dataset),
         batch_size=cfg.batch_size,
     )
-    saver = CheckpointHook(
-        folder, net, optimizer, cfg, title, steps_per_epoch=steps, world_size=info.world_size
+
+
+def _hooks(job: Job, saver: CheckpointHook) -> tuple[list, Optional[TensorBoardHook]]:
+    """The checkpoint hook in every process; TensorBoard, progress and console on rank 0."""
+    if not job.info.is_primary:
+        return [saver], None
+    stale = remove_stale_temps(job.folder)
+    if stale:
+        log.info("removed %d partial checkpoint file(s) of a killed save", len(stale))
+    tb = TensorBoardHook(
+        job.log_folder, job.net, profile=None if job.cfg.skip_profiling else profile
     )
-    hooks: list = [saver]
-    tb = None
-    if info.is_primary:
-        stale = remove_stale_temps(folder)
-        if stale:
-            log.info("removed %d partial checkpoint file(s) of a killed save", len(stale))
-        tb = TensorBoardHook(
-            os.path.join(cfg.log_dir, title),
-            net,
-            profile=None if cfg.skip_profiling else profile_or_none,
+    return [
+        saver,
+        tb,
+        ProgressHook(job.cfg.progress),
+        ConsoleHook(job.cfg.num_epochs, job.write),
+    ], tb
+
+
+def train(job: Job, resume_command: str = "") -> dict[str, Any]:
+    """Train to ``num_epochs`` from where the job stands; return the last validation metrics.
+    ``resume_command`` is the command line that continues the run, printed if a signal stops
+    it."""
+    cfg, state, info = job.cfg, job.state, job.info
+    if job.finished:
+        job.write(
+            f"=> {job.title} has trained all {cfg.num_epochs} epochs ({job.resume}): nothing to do"
         )
-        hooks += [tb, ProgressHook(cfg.progress), ConsoleHook(cfg.num_epochs, write)]
-    plural = "es" if info.world_size > 1 else ""
-    where = f"{info.world_size} process{plural} ({device.type})" if info.enabled else str(device)
-    write(
-        f"=> {title}: {sum(p.numel() for p in model.parameters())} parameters on {where}, "
-        f"{steps} steps per epoch; checkpoints in {folder}"
+        return {}
+    steps = len(job.data.train_loader)
+    saver = CheckpointHook(
+        job.folder, job.net, job.optimizer, cfg, job.title, steps_per_epoch=steps,
+        world_size=info.world_size,
+    )  # fmt: skip
+    hooks, tb = _hooks(job, saver)
+    where = str(job.device)
+    if info.enabled:
+        where = (
+            f"{info.world_size} process{'es' if info.world_size > 1 else ''} ({job.device.type})"
+        )
+    job.write(
+        f"=> {job.title}: {sum(p.numel() for p in job.model.parameters())} parameters on "
+        f"{where}, {steps} steps per epoch; checkpoints in {job.folder}"
     )
+    job.write(fastpath.summary(job.device))
     distributed.barrier()  # no process writes before every process has passed its checks
     try:
         with stop_on_signals(state, info.enabled) as signals:
             fit(
-                net,
-                data.train_loader,
-                data.val_loader,
-                optimizer,
-                schedule,
-                state,
-                device=device,
-                num_epochs=cfg.num_epochs,
-                topk=cfg.topk,
-                hooks=hooks,
-                amp=cfg.amp,
-                channels_last=cfg.channels_last and device.type == "cuda",
-            )
+                job.net, job.data.train_loader, job.data.val_loader, job.optimizer,
+                _schedule(cfg, job.data), state, device=job.device, num_epochs=cfg.num_epochs,
+                topk=cfg.topk, hooks=hooks, amp=cfg.amp,
+                channels_last=cfg.channels_last and job.device.type == "cuda",
+            )  # fmt: skip
     except DivergenceError as e:
-        raise DivergenceError(f"{e} in {folder}") from None
+        raise DivergenceError(f"{e} in {job.folder}") from None
     finally:
         if tb is not None:
             tb.close()
     if state.stop_requested:
         path = saver.save_stop(state)
-        where = (
+        at = (
             f"step {state.batch} of epoch {state.epoch}"
             if state.batch
             else f"the start of epoch {state.epoch}"
         )
-        write(f"=> stopped by {signals[0] if signals else 'request'} at {where}; saved {path}")
-        write(f"resume with: {resume_command or '--resume auto (same command line)'}")
+        job.write(f"=> stopped by {signals[0] if signals else 'request'} at {at}; saved {path}")
+        job.write(f"resume with: {resume_command or '--resume auto (same command line)'}")
         return {}
     last = state.history[-1]["val"] if state.history else {}
     if last:
-        write(f"final top-1 {100 * last['top1_accuracy']:.2f}% (best {100 * state.best_val:.2f}%)")
+        job.write(
+            f"final top-1 {100 * last['top1_accuracy']:.2f}% (best {100 * state.best_val:.2f}%)"
+        )
     return last
+
+
+def run(
+    cfg: Config, title: str, write: Callable[[str], None] = print, resume_command: str = ""
+) -> dict[str, Any]:
+    """Train (or with ``evaluate`` only evaluate) as the config says; return final metrics.
+
+    Under torchrun this joins the process group (and leaves it on return).
+    """
+    info = distributed.init_distributed()
+    job = setup(cfg, title, write if info.is_primary else (lambda _: None), info)
+    result = evaluate(job) if cfg.evaluate else train(job, resume_command)
+    # after an error the process just exits: tearing down a group that a failed rank has left
+    # can block or abort, and would hide the one-line error
+    distributed.shutdown(info)
+    return result

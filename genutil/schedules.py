@@ -1,4 +1,4 @@
-"""Learning-rate schedules as pure functions of the global step (SPEC section 6).
+"""Learning-rate schedules as pure functions of the global step (docs/faithfulness.md, "Training").
 
 ``lr(step)`` is the learning rate used by optimizer step number ``step`` (0-based, counting
 every training iteration since the start of the run); the epoch is derived from it. Resuming

@@ -26,7 +26,7 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -124,14 +124,13 @@ def _autocast(device: torch.device, amp: str):
 
 
 def _set_epoch(loader: Any, epoch: int) -> None:
-    try:
-        from data.loaders import set_epoch  # noqa: PLC0415
-    except ImportError:  # pragma: no cover
-        set_epoch = None
+    """Prepare ``loader`` for ``epoch``: the loaders of data/ reseed their order and workers
+    from (seed, epoch) (data/loaders.py); a plain DataLoader's sampler gets the epoch."""
+    set_epoch = getattr(loader, "set_epoch", None) or getattr(
+        getattr(loader, "sampler", None), "set_epoch", None
+    )
     if set_epoch is not None:
-        set_epoch(loader, epoch)
-    elif hasattr(getattr(loader, "sampler", None), "set_epoch"):
-        loader.sampler.set_epoch(epoch)
+        set_epoch(epoch)
 
 
 def _batches(loader: Iterable, skip: int) -> Iterator:
@@ -252,7 +251,6 @@ def fit(
     hooks: Sequence[Any] = (),
     amp: str = "",
     channels_last: bool = False,
-    on_epoch: Optional[Callable[[int], None]] = None,
 ) -> TrainState:
     """Train from ``state.epoch`` (batch ``state.batch``) to ``num_epochs``, validating after
     each epoch; return early, ``state.batch`` > 0 if inside an epoch, when a stop is requested."""
@@ -271,8 +269,6 @@ def fit(
             break
         epoch = state.epoch
         _set_epoch(train_loader, epoch)
-        if on_epoch is not None:
-            on_epoch(epoch)
         t0 = time.time()
         train = train_one_epoch(
             model,

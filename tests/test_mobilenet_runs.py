@@ -78,7 +78,7 @@ def test_complete_then_fine_tune_and_lottery_ticket(cifar, tmp_path):
     for run_dir in (ft, lottery):
         start = torch.load(os.path.join(run_dir, "init.pt"), weights_only=True)["model"]
         end = torch.load(os.path.join(run_dir, "last.pt"), weights_only=True)["model"]
-        for name, layer in ref.graphs():
+        for name, layer in ((gl.name, gl.module) for gl in ref.graph_layers()):
             key = f"module.{name}"
             want = topk_mask(trained_sd[f"{key}.weight"].abs(), layer.num_kept).float()
             # the wiring is the trained complete graph's top-k, frozen through training

@@ -1,4 +1,4 @@
-"""Plain MobileNetV1 for CIFAR with a width multiplier: the dense baseline (SPEC section 5).
+"""Plain MobileNetV1 for CIFAR with a width multiplier: the dense baseline (docs/faithfulness.md).
 
 Stem 3x3 conv (stride 1) + BatchNorm + ReLU, thirteen depthwise-separable layers, global average
 pool, linear classifier. Every channel count is ``int(width * c)``. Module names (``conv1``,
@@ -8,9 +8,13 @@ load (``apps/medium_scale/mobilenetv1_x25.yml``: 215 642 parameters).
 
 from __future__ import annotations
 
+from typing import Mapping, Optional
+
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+
+from models.contract import WiredNetwork
 
 __all__ = ["LAYER_CFG", "DepthwiseSeparable", "MobileNetV1CIFAR"]
 
@@ -50,13 +54,27 @@ class DepthwiseSeparable(nn.Module):
         self.conv2 = nn.Conv2d(in_planes, out_planes, kernel_size=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_planes)
 
+    @classmethod
+    def from_state_dict(
+        cls, state: Mapping[str, Tensor], prune_rate: Optional[float] = None
+    ) -> Optional[MobileNetV1CIFAR]:
+        """Shaped for an original checkpoint: the width from the stem's channels."""
+        if "layers.0.conv2.weight" not in state or "bn1.weight" not in state:
+            return None
+        return cls(
+            width_mult=state["conv1.weight"].shape[0] / 32,
+            output_size=state["linear.weight"].shape[0],
+            in_channels=state["conv1.weight"].shape[1],
+        )
+
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         return F.relu(self.bn2(self.conv2(out)), inplace=True)
 
 
-class MobileNetV1CIFAR(nn.Module):
-    """MobileNetV1 for 32 x 32 inputs; ``width_mult`` scales every layer's channels."""
+class MobileNetV1CIFAR(WiredNetwork):
+    """MobileNetV1 for 32 x 32 inputs; ``width_mult`` scales every layer's channels. It has no
+    graph layer: the contract's generic count is its dense count, and it has nothing to shrink."""
 
     def __init__(
         self, *, width_mult: float = 1.0, output_size: int = 10, in_channels: int = 3
@@ -65,6 +83,7 @@ class MobileNetV1CIFAR(nn.Module):
         if width_mult <= 0:
             raise ValueError(f"width_mult must be positive, got {width_mult}")
         self.width_mult = width_mult
+        self.in_channels = in_channels
         stem = int(32 * width_mult)
         self.conv1 = nn.Conv2d(in_channels, stem, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(stem)
@@ -81,6 +100,19 @@ class MobileNetV1CIFAR(nn.Module):
         """Build from the experiment config (the only place its keys are read)."""
         return cls(
             width_mult=cfg.width_mult, output_size=cfg.output_size, in_channels=cfg.in_channels
+        )
+
+    @classmethod
+    def from_state_dict(
+        cls, state: Mapping[str, Tensor], prune_rate: Optional[float] = None
+    ) -> Optional[MobileNetV1CIFAR]:
+        """Shaped for an original checkpoint: the width from the stem's channels."""
+        if "layers.0.conv2.weight" not in state or "bn1.weight" not in state:
+            return None
+        return cls(
+            width_mult=state["conv1.weight"].shape[0] / 32,
+            output_size=state["linear.weight"].shape[0],
+            in_channels=state["conv1.weight"].shape[1],
         )
 
     def forward(self, x: Tensor) -> Tensor:

@@ -1,32 +1,35 @@
-"""Edge types: how a graph layer turns its dense edge weight into the weight the forward uses.
+"""Edge types: how a graph layer turns its edge weights into the weights the forward uses.
 
-A graph layer is a bias-free 1x1 convolution whose weight [n_out, n_in, 1, 1] holds one real
-number per edge (target node, source node). Each edge type decides which edges exist in the
-forward pass and which receive a gradient (SPEC section 4). Class names and the buffer name
-``mask`` are those of the original release, so its checkpoints load.
+The idea of the paper (docs/faithfulness.md, "The idea"): every channel is a node and every
+entry of a 1x1 convolution's weight [n_out, n_in, 1, 1] is an edge (target node, source node)
+with a real weight. DNW learns which edges exist while it learns their weights:
+
+- forward: only the ``n - int(p * n)`` edges of largest ``|w|`` are used (``DNW``);
+- backward: the gradient reaches EVERY edge, used or not (``ChooseTopEdges``, straight-through),
+  so an unused edge whose gradient says it would help grows in ``|w|`` until it enters the top k.
+
+The other edge types are the paper's baselines and ablations. ``GRAPH_TYPES`` is the registry
+that the config's ``graph`` key chooses from. Class names and the buffer name ``mask`` are the
+original release's, so its checkpoints load. How the top k are found fast: ``selection.py``.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.graphs.fastpath import traced
+from models.graphs import fastpath
+from models.graphs.selection import num_pruned, topk_mask
 
 __all__ = [
-    "num_pruned",
-    "kth_smallest",
-    "topk_mask",
     "ChooseTopEdges",
     "Graph",
-    "Complete",
     "DNW",
+    "Complete",
     "DNWNoUpdate",
     "RandomGraph",
     "FineTune",
@@ -34,108 +37,8 @@ __all__ = [
     "RegularTargetedDropout",
     "GRAPH_TYPES",
     "make_graph",
+    "edge_type_from_mask",
 ]
-
-
-def num_pruned(prune_rate: float, numel: int) -> int:
-    """Number of edges the top-k rule removes: ``int(p * n)`` in float64, truncated.
-
-    The original computes it this way, so 0.57 * 100 gives 56, not 57 (SPEC section 8).
-    """
-    return int(float(prune_rate) * numel)
-
-
-# On a GPU kth_smallest brackets from this size on (below it kthvalue is as fast), with a sample
-# of about 5 sqrt(n) values (the fastest on the project's CPU from 0.6 M to 8.65 M entries,
-# where the bracket was first used; the GPU figures of bench/README.md were taken with it).
-BRACKET_MIN = 1 << 20
-# NumPy's introselect, used on the CPU, is exact and was 3.4x faster than the bracket at 0.64 M
-# entries (1.0 vs 3.4 ms) and 2.3x at 8.65 M (21 vs 47 ms) on the project's CPU, and 10x faster
-# than torch.kthvalue (bench/README.md).
-_NUMPY_DTYPES = (torch.float32, torch.float64, torch.float16)
-
-
-def sample_stride(n: int) -> int:
-    """Stride of kth_smallest's sample of ``n`` entries (about 5 sqrt(n) of them).
-
-    The stride is coprime with ``n``, hence with every row length of a weight of ``n``
-    entries: a stride that divides the row length samples the same few columns of every row
-    (160 for an [800, 800] weight: columns 0, 160, ..., 640), and trained weights differ by
-    column (only the DAG's region receives gradients), so the bracket used to miss.
-    """
-    s = max(1, n // int(5 * math.sqrt(n)))
-    while math.gcd(s, n) != 1:
-        s += 1
-    return s
-
-
-def _selects_with_numpy(flat: Tensor) -> bool:
-    return flat.device.type == "cpu" and flat.dtype in _NUMPY_DTYPES and not traced()
-
-
-def kth_smallest(flat: Tensor, k: int) -> Tensor:
-    """The ``k``-th smallest value (1-based) of a 1-D tensor, exactly as ``torch.kthvalue``.
-
-    On the CPU: NumPy's ``partition`` (introselect over a copy). Elsewhere, for large tensors,
-    a strided sample brackets the answer, two vectorised comparisons count what lies below and
-    inside the bracket, and the selection runs only inside it. The counts prove the bracket
-    holds the answer; if it does not (an unlucky sample), the full selection runs, so the
-    result never depends on the sample.
-    """
-    if _selects_with_numpy(flat):
-        values = flat.detach().contiguous().numpy()
-        return torch.as_tensor(np.partition(values, k - 1)[k - 1])
-    inside = _bracket(flat, k)
-    if inside is None:
-        return torch.kthvalue(flat, k).values
-    selection, k_inside = inside
-    return torch.kthvalue(selection, k_inside).values
-
-
-def _bracket(flat: Tensor, k: int) -> Optional[tuple[Tensor, int]]:
-    """(the entries of a sampled bracket around the ``k``-th smallest value, its rank among
-    them), or None where the tensor is small or the bracket misses."""
-    n = flat.numel()
-    if n < BRACKET_MIN:
-        return None
-    sample = flat[:: sample_stride(n)].sort().values  # about 5 sqrt(n) values, in order
-    m = sample.numel()
-    q = k / n
-    pos = q * m
-    margin = 6 * math.sqrt(m * q * (1 - q)) + 32  # 6 standard deviations of the sample rank
-    lo, hi = int(pos - margin), int(pos + margin)
-    # where the margin reaches past the sample's ends the bracket is open on that side
-    below = flat < sample[lo] if lo > 0 else torch.zeros_like(flat, dtype=torch.bool)
-    inside = ~below if hi >= m - 1 else (flat <= sample[hi]) & ~below
-    n_below = int(torch.count_nonzero(below))
-    n_inside = int(torch.count_nonzero(inside))
-    if n_below < k <= n_below + n_inside:
-        return flat[inside], k - n_below
-    return None
-
-
-def topk_mask(scores: Tensor, num_keep: int) -> Tensor:
-    """Boolean mask of exactly ``num_keep`` entries with the largest ``scores``.
-
-    Selection (kthvalue, linear time) rather than a full sort. Ties at the cutoff are broken
-    the way the original's sort behaved on CPU: among equal scores the lower flat indices are
-    dropped first, so the higher ones are kept. Any tie rule is allowed by the SPEC; the count
-    is not negotiable.
-    """
-    flat = scores.detach().reshape(-1)
-    n = flat.numel()
-    if num_keep >= n:
-        return torch.ones_like(flat, dtype=torch.bool).view_as(scores)
-    if num_keep <= 0:
-        return torch.zeros_like(flat, dtype=torch.bool).view_as(scores)
-    num_drop = n - num_keep
-    threshold = kth_smallest(flat, num_drop)
-    keep = flat > threshold
-    missing = num_keep - int(torch.count_nonzero(keep))  # (a bool sum is 10x slower)
-    if missing > 0:  # ties at the threshold: keep the highest-index tied entries
-        tied = torch.nonzero(flat == threshold).flatten()
-        keep[tied[-missing:]] = True
-    return keep.view_as(scores)
 
 
 class ChooseTopEdges(torch.autograd.Function):
@@ -157,8 +60,10 @@ class ChooseTopEdges(torch.autograd.Function):
 class Graph(nn.Conv2d):
     """Base graph layer: a bias-free 1x1 conv whose effective weight comes from ``get_weight``.
 
-    In eval mode under ``no_grad`` the effective weight cannot change between forwards unless
-    the weight does, so it is computed once and cached (keyed on the tensors' versions).
+    In eval mode without autograd the effective weight cannot change between forwards unless
+    the weight (or mask) does, so it is kept (fastpath switch ``eval_cache``) until the weight
+    or mask tensor is replaced or changed in place, the layer is loaded, moved or switched to
+    training.
     """
 
     deterministic_in_eval = True
@@ -178,26 +83,44 @@ class Graph(nn.Conv2d):
         return self.weight
 
     def _cache_key(self) -> tuple:
-        mask = self._buffers.get("mask")
-        return (
-            self.weight.data_ptr(),
-            self.weight._version,
-            None if mask is None else (mask.data_ptr(), mask._version),
-        )
+        # the tensors themselves (held by the key, so no other tensor can take their address),
+        # their storage and their version counters (bumped by every in-place change)
+        key: list = []
+        for t in (self.weight, self._buffers.get("mask")):
+            key += [None] if t is None else [t, t.data_ptr(), t._version]
+        return tuple(key)
 
     def get_weight(self) -> Tensor:
-        """Effective weight; cached between eval forwards (recomputed after any change)."""
-        if self.training or torch.is_grad_enabled() or not self.deterministic_in_eval:
+        """Effective weight; kept between eval forwards without autograd until it changes."""
+        if (
+            self.training
+            or torch.is_grad_enabled()
+            or not self.deterministic_in_eval
+            or not fastpath.eval_cache_on()
+        ):
             self._cache = None
             return self.compute_weight()
         key = self._cache_key()
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self.compute_weight().detach())
-        return self._cache[1]
+        cached = self._cache
+        if (
+            cached is None
+            or len(cached[0]) != len(key)
+            or any(a is not b if isinstance(a, Tensor) else a != b for a, b in zip(cached[0], key))
+        ):
+            self._cache = cached = (key, self.compute_weight().detach())
+        return cached[1]
 
     def train(self, mode: bool = True) -> "Graph":
         self._cache = None
         return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._cache = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._cache = None
+        super()._load_from_state_dict(*args, **kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(x, self.get_weight())
@@ -206,16 +129,16 @@ class Graph(nn.Conv2d):
         return f"{super().extra_repr()}, prune_rate={self.prune_rate}"
 
 
-class Complete(Graph):
-    """Every edge, plain weights (prune rate ignored)."""
-
-
 class DNW(Graph):
     """Top-k edges by |w| in the forward, straight-through gradient to all edges."""
 
     def compute_weight(self) -> Tensor:
         keep = topk_mask(self.weight.abs(), self.num_kept)
         return ChooseTopEdges.apply(self.weight, keep)
+
+
+class Complete(Graph):
+    """Every edge, plain weights (prune rate ignored)."""
 
 
 class DNWNoUpdate(Graph):
@@ -358,18 +281,29 @@ def make_graph(
     dim_out: int,
     *,
     allowed: Optional[Tensor] = None,
-    rho: float = 0.5,
+    rho: float | str = 0.5,
     td_abs: bool = False,
 ) -> Graph:
     """Build the graph layer of type ``graph`` for a [dim_out, dim_in] edge weight.
 
     ``allowed`` ([dim_out, dim_in] bool) is the DAG constraint, used by ``random`` to draw only
-    edges that the forward can use.
+    edges that the forward can use. ``rho`` (targeted dropout) may be ``"gamma"``, the original's
+    word for "this graph's own prune rate".
     """
     if graph not in GRAPH_TYPES:
         raise ValueError(f"unknown graph type {graph!r}; known: {sorted(GRAPH_TYPES)}")
     if graph == "random":
         return RandomGraph(prune_rate, dim_in, dim_out, allowed=allowed)
     if graph in ("td", "reg_td"):
+        rho = prune_rate if rho == "gamma" else float(rho)
         return GRAPH_TYPES[graph](prune_rate, dim_in, dim_out, rho=rho, abs_weights=td_abs)
     return GRAPH_TYPES[graph](prune_rate, dim_in, dim_out)
+
+
+def edge_type_from_mask(mask: Optional[Tensor]) -> str:
+    """The edge type of a graph in an original checkpoint (which carries no config), from its
+    ``mask`` buffer: none for ``dnw``, all ones for ``dnw_no_update`` (the original's dead
+    buffer), else ``random``."""
+    if mask is None:
+        return "dnw"
+    return "dnw_no_update" if bool((mask == 1).all()) else "random"

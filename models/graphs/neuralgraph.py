@@ -2,18 +2,20 @@
 
 Every model is stem ("downsample") -> a graph of ``dim`` nodes -> read-out. A node applies a
 per-channel op (InstanceNorm, ReLU, a 3x3 depthwise conv); an edge is one entry of the
-[dim, dim] weight of ``graph``. Three ways to run the graph (SPEC section 5):
+[dim, dim] weight of ``graph``. Three ways to run the graph (docs/faithfulness.md):
 
 - StaticNeuralGraph: a feed-forward DAG over ordered node groups.
 - DiscreteTimeNeuralGraph: ``layers`` recurrent steps where every node may feed every node.
 - ContinuousTimeNeuralGraph: the same update as an ODE integrated from t=0 to 1 (dopri5).
 
-Module and buffer names are the original's, so its checkpoints load.
+Each forward is the paper's update in plain torch ops, with one branch to a forward arranged for
+speed (``fastpath.on``: per-group tensors, sparse products, native kernels; same math). Module and
+buffer names are the original's, so its checkpoints load.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -21,12 +23,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchdiffeq import odeint
 
-from models.graphs.edges import Graph, make_graph
+from models.contract import GraphLayer, NodeLayout, Profile, WiredNetwork
+from models.graphs import fastpath
+from models.graphs.edges import edge_type_from_mask, make_graph
 from models.graphs.ops import graph_conv, instance_norm, node_update, weight_slices
 from models.graphs.products import sparse_weight
 from models.graphs.static_fused import static_graph
 
 __all__ = [
+    "TINY_PRUNE_RATE",
     "StaticNeuralGraph",
     "DiscreteTimeNeuralGraph",
     "ContinuousTimeNeuralGraph",
@@ -49,6 +54,11 @@ def _stem(in_channels: int, downsample_dim: int) -> nn.Sequential:
     )
 
 
+# The prune rate of every tiny-classifier experiment of the paper: assumed for an original
+# checkpoint, which carries no config, when none is given.
+TINY_PRUNE_RATE = 0.95
+
+
 def _depthwise(dim: int) -> nn.Conv2d:
     return nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim, bias=False)
 
@@ -66,8 +76,10 @@ def static_groups(dim: int, downsample_dim: int, layers: int) -> list[int]:
     return [downsample_dim] + [(dim - downsample_dim) // (layers - 1)] * (layers - 1)
 
 
-class _TinyBase(nn.Module):
+class _TinyBase(WiredNetwork):
     """What the three tiny classifiers share: stem, zero padding to ``dim`` nodes, read-out."""
+
+    _steps_name = "steps"  # what ``profile`` calls one pass over the graph
 
     def __init__(
         self,
@@ -91,8 +103,9 @@ class _TinyBase(nn.Module):
         self.downsample_dim = downsample_dim
         self.feature_dim = feature_dim
         self.image_size = image_size
+        self.in_channels = in_channels
         # The original's read-out: crop rows/cols half-1 .. half+1 of the S/4 map, then a 2x2
-        # average pool, which averages only the top-left 2x2 of that crop (SPEC section 8).
+        # average pool, which averages only the top-left 2x2 of that crop (docs/faithfulness.md).
         self.half = (image_size // 4) // 2 - 1
         self.register_buffer(
             "zeros", torch.zeros(1, dim - downsample_dim, image_size // 4, image_size // 4)
@@ -109,18 +122,37 @@ class _TinyBase(nn.Module):
         out = self.pool(features[:, :, h - 1 : h + 2, h - 1 : h + 2])
         return self.fc(out.reshape(out.size(0), self.feature_dim))
 
-    def graphs(self) -> Iterator[tuple[str, Graph]]:
-        """(name, layer) of every graph layer."""
-        for name, module in self.named_modules():
-            if isinstance(module, Graph):
-                yield name, module
-
     def get_weight(self) -> Tensor:
         """Effective edge weight [dim, dim, 1, 1] (rows: targets, columns: sources)."""
-        return self._graph().get_weight()
+        return self.graph_layers()[0].module.get_weight()
 
-    def _graph(self) -> Graph:
-        return next(self.graphs())[1]
+    def node_conv_weight(self) -> Tensor:
+        """The nodes' depthwise filters [dim, 1, 3, 3]."""
+        return self.conv.weight
+
+    def profile(self, input_size: Optional[int] = None) -> Profile:
+        """The paper's count (models/counting.py: ``count_tiny``)."""
+        from models.counting import count_tiny  # noqa: PLC0415
+
+        return count_tiny(self, self.passes(), input_size)
+
+    def passes(self) -> int:
+        """Passes over the graph per forward (for the count of multiply-adds)."""
+        return 1
+
+    @staticmethod
+    def _shape_kwargs(state: Mapping[str, Tensor], key: str, prune_rate: Optional[float]) -> dict:
+        """Constructor arguments read off an original checkpoint's state dict."""
+        return dict(
+            dim=state[key].shape[0],
+            downsample_dim=state["downsample.4.weight"].shape[0],
+            feature_dim=state["fc.weight"].shape[1],
+            output_size=state["fc.weight"].shape[0],
+            image_size=4 * state["zeros"].shape[-1],
+            in_channels=state["downsample.0.weight"].shape[1],
+            graph=edge_type_from_mask(state.get(key[: -len("weight")] + "mask")),
+            prune_rate=TINY_PRUNE_RATE if prune_rate is None else prune_rate,
+        )
 
     @staticmethod
     def _graph_kwargs(cfg) -> dict:
@@ -133,7 +165,7 @@ class _TinyBase(nn.Module):
             output_size=cfg.output_size,
             graph=cfg.graph,
             prune_rate=cfg.prune_rate,
-            rho=cfg.rho if cfg.rho != "gamma" else cfg.prune_rate,
+            rho=cfg.rho,
             td_abs=cfg.td_abs,
         )
 
@@ -144,7 +176,7 @@ class StaticNeuralGraph(_TinyBase):
     Step i takes group i's channels, applies its InstanceNorm, ReLU and depthwise convs, then
     adds its out-edges into every later node (rows ``r0_i ..``, ``r0_i = min(end_i, dim -
     feature_dim)``). As in the original, the last step reads its own group into the output
-    nodes, which lie inside it (reference README 4.2).
+    nodes, which lie inside it (docs/faithfulness.md, "The static tiny model").
     """
 
     def __init__(
@@ -159,7 +191,7 @@ class StaticNeuralGraph(_TinyBase):
         output_size: int = 10,
         graph: str = "dnw",
         prune_rate: float = 0.95,
-        rho: float = 0.5,
+        rho: float | str = 0.5,
         td_abs: bool = False,
     ) -> None:
         super().__init__(
@@ -200,14 +232,36 @@ class StaticNeuralGraph(_TinyBase):
         return allowed
 
     def forward(self, x: Tensor) -> Tensor:
-        stem = self.downsample(x)
-        w = self.graph.get_weight()  # once per forward, shared by every step
+        stem = self.downsample(x)  # [B, downsample_dim, S/4, S/4]: the first group's states
+        w = self.graph.get_weight()  # [dim, dim, 1, 1], once per forward: one top-k
+        if fastpath.on(stem):  # the same DAG arranged for speed (_dag_fast)
+            return self._readout(self._dag_fast(stem, w))
+        # The paper's static DAG as the original computes it: one state of every node not yet
+        # read, zeros until an edge adds into them. Step i takes group i's nodes off the front,
+        # runs their InstanceNorm, ReLU and depthwise conv, and adds their out-edges into every
+        # later node (rows targets[i]..); the last step reads its own group into the output
+        # nodes, which lie inside it (docs/faithfulness.md, "The static tiny model").
+        state = torch.cat((stem, self.zeros.expand(x.size(0), -1, -1, -1)), dim=1)
+        for i, size in enumerate(self.block_sz):
+            lo, hi = self.block_rng[i], self.block_rng[i + 1]
+            h = F.relu(self.norm[i](state[:, :size]))
+            h = F.conv2d(h, self.conv.weight[lo:hi], padding=1, groups=size)
+            h = F.conv2d(h, w[self.targets[i] :, lo:hi])
+            rest = state[:, size:] if i < self.layers - 1 else state[:, -self.feature_dim :]
+            state = rest + h
+        return self._readout(state)
+
+    def _dag_fast(self, stem: Tensor, w: Tensor) -> Tensor:
+        """The read-out nodes' states [B, feature_dim, S/4, S/4], same math as ``forward``.
+
+        On the CPU the whole DAG is one autograd Function over the native kernels
+        (static_fused.py). Otherwise step by step, with each node group kept as a tensor of its
+        own (None: still all zero) rather than one state that every step slices: slicing costs
+        a zero-filled full-size gradient per step in the backward.
+        """
         fused = static_graph(stem, w, self.conv.weight, self.norm, self.block_rng, self.feature_dim)
-        if fused is not None:  # the CPU fast path: the same graph as one Function
-            return self._readout(fused)
-        # Step by step. Node groups are kept as separate tensors (None: still all zero) rather
-        # than one [B, dim] state that every step slices: slicing costs a zero-filled full-size
-        # gradient per step in the backward. Same sums as the original's in-place form.
+        if fused is not None:
+            return fused
         groups: list[Optional[Tensor]] = [stem] + [None] * (self.layers - 1)
         edges = weight_slices(  # group i's out-edges; the column ranges do not overlap
             w,
@@ -216,18 +270,54 @@ class StaticNeuralGraph(_TinyBase):
                 for r0, lo, hi in zip(self.targets, self.block_rng, self.block_rng[1:])
             ],
         )
-        out = None
         for i in range(self.layers):
             lo, hi = self.block_rng[i], self.block_rng[i + 1]
             h = node_update(groups[i], self.conv.weight[lo:hi], self.norm[i])  # norm, ReLU, dw
             h = graph_conv(h, edges[i])  # into every later node
             if i == self.layers - 1:  # the output nodes are the last ones of the last group
-                out = groups[i][:, -self.feature_dim :] + h
-                break
+                return groups[i][:, -self.feature_dim :] + h
             later = range(i + 1, self.layers)
             for j, part in zip(later, h.split([self.block_sz[j] for j in later], dim=1)):
                 groups[j] = part if groups[j] is None else groups[j] + part
-        return self._readout(out)
+        raise AssertionError("unreachable: the loop returns at the last group")
+
+    def graph_layers(self) -> list[GraphLayer]:
+        """The one graph, its DAG region and node groups."""
+        return [GraphLayer("graph", self.graph, self.allowed_edges(), self.node_layout())]
+
+    def node_layout(self) -> NodeLayout:
+        """Stem, groups 1.., then the output nodes the last group writes to."""
+        rng = torch.tensor(self.block_rng)
+        out_lo = self.dim - self.feature_dim
+        last = len(self.block_sz) - 1
+
+        def place(rows: Tensor, cols: Tensor):
+            src = torch.bucketize(cols, rng[1:], right=True)
+            dst = torch.bucketize(rows, rng[1:], right=True)
+            to_out = src == last  # the last step adds into the output nodes
+            return (
+                src,
+                cols - rng[src],
+                torch.where(to_out, last + 1, dst),
+                torch.where(to_out, rows - out_lo, rows - rng[dst]),
+            )
+
+        names = ("stem",) + tuple(f"group {i}" for i in range(1, last + 1)) + ("output",)
+        return NodeLayout(names, tuple(self.block_sz) + (self.feature_dim,), place)
+
+    def fast_plan(self, rule: str = "original"):
+        """Dead-node removal over the DAG (models/graphs/fast/removal.py; always transitive)."""
+        from models.graphs.fast.removal import plan_static  # noqa: PLC0415
+
+        return plan_static(self)
+
+    @classmethod
+    def from_state_dict(cls, state, prune_rate=None) -> Optional["StaticNeuralGraph"]:
+        """Shaped for an original checkpoint with per-group norms ``norm.0`` ..."""
+        if "graph.weight" not in state or "norm.0.weight" not in state or "zeros" not in state:
+            return None
+        layers = sum(k.startswith("norm.") and k.endswith(".weight") for k in state)
+        return cls(layers=layers, **cls._shape_kwargs(state, "graph.weight", prune_rate))
 
     @classmethod
     def from_config(cls, cfg) -> "StaticNeuralGraph":
@@ -249,7 +339,7 @@ class DiscreteTimeNeuralGraph(_TinyBase):
         output_size: int = 10,
         graph: str = "dnw",
         prune_rate: float = 0.95,
-        rho: float = 0.5,
+        rho: float | str = 0.5,
         td_abs: bool = False,
     ) -> None:
         super().__init__(
@@ -270,19 +360,28 @@ class DiscreteTimeNeuralGraph(_TinyBase):
         self.fc = nn.Linear(feature_dim, output_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        # The graph's nodes start as the stem's channels followed by zeros. Two exact savings
-        # over running every step on all ``dim`` nodes (the original's way, same result):
-        # the first step reads only the stem's channels (the zero ones stay zero through ReLU
-        # and the depthwise conv, so their edges add nothing), and the last step computes only
-        # the read-out nodes (no other node of it reaches the loss, so their gradient is 0).
-        # Each step is norm(graph(dw(relu(state)))); a step's norm and the next step's ReLU and
-        # depthwise conv run as one node_update, so z holds a step's states before its norm
-        # (the stem's output, which no norm follows, at first).
-        z = self.downsample(x)
-        # The weight does not change within a forward: one top-k serves all time steps (the
-        # straight-through gradient is the same sum either way).
-        w = self.graph.get_weight()
-        # the middle steps use the whole weight: its sparse form is made once for all of them
+        # The weight does not change within a forward: one top-k serves every time step (the
+        # original recomputed it per step; the straight-through gradient is the same sum).
+        w = self.graph.get_weight()  # [dim, dim, 1, 1]
+        if fastpath.on(x):  # the same steps arranged for speed (_steps_fast)
+            return self._readout(self._steps_fast(self.downsample(x), w))
+        # The paper's discrete-time update of every node, ``layers`` times:
+        # state <- InstanceNorm(W * depthwise(relu(state))), every node may feed every node.
+        state = self._nodes(x)
+        for _ in range(self.layers):
+            state = self.norm(F.conv2d(self.conv(F.relu(state)), w))
+        return self._readout(state[:, -self.feature_dim :])
+
+    def _steps_fast(self, z: Tensor, w: Tensor) -> Tensor:
+        """The read-out nodes' states after the last step, same math as ``forward``.
+
+        Two exact savings over running every step on all ``dim`` nodes: the first step reads
+        only the stem's channels (the zero ones stay zero through ReLU and the depthwise conv,
+        so their edges add nothing), and the last step computes only the read-out nodes (no
+        other node of it reaches the loss). A step's norm and the next step's ReLU and depthwise
+        conv run as one node_update, so ``z`` holds a step's states before its norm (the stem's
+        output, which no norm follows, at first). The middle steps share one sparse form of W.
+        """
         shared = sparse_weight(w) if self.layers > 2 else None
         first = self.dim - self.feature_dim
         for t in range(self.layers):
@@ -292,7 +391,24 @@ class DiscreteTimeNeuralGraph(_TinyBase):
             sparse = shared if w_t.shape == w.shape else True  # True: graph_conv decides
             h = node_update(z, self.conv.weight[:c_in], self.norm if t else None)
             z = graph_conv(h, w_t, sparse)
-        return self._readout(instance_norm(z, self.norm, first))
+        return instance_norm(z, self.norm, first)
+
+    def passes(self) -> int:
+        return self.layers
+
+    def fast_plan(self, rule: str = "original"):
+        raise ValueError(
+            "fast_eval: the discrete-time model has no dead nodes to remove (every node feeds "
+            "every node at every step); its evaluation already runs only the kept edges"
+        )
+
+    @classmethod
+    def from_state_dict(cls, state, prune_rate=None) -> Optional["DiscreteTimeNeuralGraph"]:
+        """Shaped for an original checkpoint with one shared ``norm`` (time steps are not in
+        the weights: the paper's 5)."""
+        if "graph.weight" not in state or "norm.weight" not in state or "zeros" not in state:
+            return None
+        return cls(**cls._shape_kwargs(state, "graph.weight", prune_rate))
 
     @classmethod
     def from_config(cls, cfg) -> "DiscreteTimeNeuralGraph":
@@ -305,7 +421,7 @@ class ODEFunc(nn.Module):
     ``inplace_relu=True`` reproduces the original: its ReLU is in place on the tensor the
     solver hands in, so with dopri5 the solver's own state (the initial value and every accepted
     step, which FSAL reuses as a stage input) is clamped at zero. That is what the released
-    models learned (SPEC section 8). ``False`` gives the clean ODE.
+    models learned (docs/faithfulness.md, "Where we differ"). ``False`` gives the clean ODE.
     """
 
     def __init__(
@@ -314,7 +430,7 @@ class ODEFunc(nn.Module):
         dim: int,
         graph: str,
         prune_rate: float,
-        rho: float = 0.5,
+        rho: float | str = 0.5,
         td_abs: bool = False,
         inplace_relu: bool = True,
     ) -> None:
@@ -366,7 +482,7 @@ class ContinuousTimeNeuralGraph(_TinyBase):
         output_size: int = 10,
         graph: str = "dnw",
         prune_rate: float = 0.95,
-        rho: float = 0.5,
+        rho: float | str = 0.5,
         td_abs: bool = False,
         inplace_relu: bool = True,
         tol: float = 1e-3,
@@ -396,6 +512,23 @@ class ContinuousTimeNeuralGraph(_TinyBase):
     def nfe(self) -> int:
         """ODE function evaluations of the last forward."""
         return self.odesolve.odefunc.nfe
+
+    def node_conv_weight(self) -> Tensor:
+        return self.odesolve.odefunc.conv.weight
+
+    def fast_plan(self, rule: str = "original"):
+        raise ValueError(
+            "fast_eval: the continuous-time model has no dead nodes to remove (every node feeds "
+            "every node along the ODE)"
+        )
+
+    @classmethod
+    def from_state_dict(cls, state, prune_rate=None) -> Optional["ContinuousTimeNeuralGraph"]:
+        """Shaped for an original checkpoint of the ODE model."""
+        key = "odesolve.odefunc.graph.weight"
+        if key not in state or "zeros" not in state:
+            return None
+        return cls(**cls._shape_kwargs(state, key, prune_rate))
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.odesolve(self._nodes(x))

@@ -31,8 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.graphs import native
-from models.graphs.fastpath import fast_cpu
+from models.graphs import fastpath, native
 from models.graphs.products import SparseWeight, sparse_weight
 
 __all__ = ["graph_conv", "instance_norm", "node_update", "weight_slices"]
@@ -72,7 +71,7 @@ def graph_conv(x: Tensor, w: Tensor, sparse: SparseWeight | None | bool = True) 
     ``sparse``: a ``SparseWeight`` of ``w`` made earlier (shared by the time steps), True to
     decide here, False or None for the dense convolution.
     """
-    if not fast_cpu(x):
+    if not fastpath.sparse_on(x):
         return F.conv2d(x, w)
     if sparse is True:
         sparse = sparse_weight(w)
@@ -93,7 +92,7 @@ def instance_norm(x: Tensor, norm: nn.InstanceNorm2d, lo: int = 0) -> Tensor:
         return norm(x)
     c = x.shape[1]
     weight, bias = norm.weight[lo : lo + c], norm.bias[lo : lo + c]
-    if not fast_cpu(x):
+    if not fastpath.sparse_on(x):
         return F.instance_norm(x, weight=weight, bias=bias, eps=norm.eps)
     return F.group_norm(x, c, weight, bias, norm.eps)
 
@@ -129,12 +128,7 @@ def node_update(
     """
     c = x.shape[1]
     plain_norm = norm is None or (norm.affine and not norm.track_running_stats)
-    if (
-        fast_cpu(x)
-        and plain_norm
-        and weight.dtype == torch.float32
-        and max(x.shape[2:]) <= native.max_side()
-    ):
+    if fastpath.native_on(x) and plain_norm and weight.dtype == torch.float32:
         gamma = None if norm is None else norm.weight[lo : lo + c]
         beta = None if norm is None else norm.bias[lo : lo + c]
         return _NodeUpdate.apply(x, weight, gamma, beta, norm.eps if norm is not None else 0.0)

@@ -15,7 +15,7 @@ import weakref
 import torch
 from torch import Tensor
 
-from models.graphs.fastpath import compiling, cpu_fast_paths
+from models.graphs import fastpath
 
 __all__ = [
     "SparseWeight",
@@ -194,10 +194,12 @@ def sparse_weight(w: Tensor, max_density: float | None = None) -> SparseWeight |
     """The CSR form of ``w`` if the sparse path pays for it (at most ``max_density`` of the
     entries nonzero; default SPARSE_MAX_DENSITY), else None. Without autograd the answer is kept
     for as long as ``w`` (or the tensor it views) lives unchanged."""
-    if not cpu_fast_paths() or w.device.type != "cpu" or w.dtype != torch.float32 or compiling():
+    if not (fastpath.switches().enabled and fastpath.switches().sparse):
+        return None
+    if w.device.type != "cpu" or w.dtype != torch.float32 or fastpath.compiling():
         return None
     max_density = SPARSE_MAX_DENSITY if max_density is None else max_density
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() or not fastpath.eval_cache_on():
         return _make_sparse_weight(w, max_density)
     base = w if w._base is None else w._base
     entry = _NO_GRAD_CACHE.get(id(base))

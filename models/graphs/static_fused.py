@@ -1,6 +1,6 @@
 """The static tiny model's graph as one autograd Function on the CPU fast path.
 
-Same math as ``StaticNeuralGraph``'s step-by-step forward (SPEC section 5), arranged for memory
+Same math as ``StaticNeuralGraph``'s step-by-step forward (docs/faithfulness.md), arranged for memory
 traffic, which is most of what a training step costs on a CPU (bench/README.md):
 
 - forward, "pull": every group's node update (the native kernel: norm, ReLU, depthwise) writes
@@ -26,8 +26,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from models.graphs import native
-from models.graphs.fastpath import fast_cpu
+from models.graphs import fastpath, native
 from models.graphs.products import graph_product
 
 __all__ = ["static_graph", "FUSED_MAX_DENSITY"]
@@ -151,9 +150,9 @@ def static_graph(
     ``stem``: the first group's states; ``w``: the effective edge weight [dim, dim, 1, 1];
     ``conv_weight``: the nodes' depthwise weights [dim, 1, 3, 3]; ``rng``: group boundaries.
     """
-    if not (fast_cpu(stem) and w.dtype == torch.float32 and conv_weight.dtype == torch.float32):
+    if not fastpath.fused_static_on(stem):
         return None
-    if max(stem.shape[2:]) > native.max_side():
+    if w.dtype != torch.float32 or conv_weight.dtype != torch.float32:
         return None
     if any(nm.track_running_stats or not nm.affine for nm in norms):
         return None

@@ -1,7 +1,6 @@
 """CIFAR-10: our reader of the python-batch format, the original augmentation, clear errors."""
 
 import pickle
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ import torch
 import data.cifar10 as cifar10_module
 from data.cifar10 import CIFAR10, CIFAR10_MEAN, CIFAR10_STD, read_cifar_batch
 from data.loaders import set_epoch
+from genutil.config import Config
 from genutil.errors import ConfigError, DataError
 from tests.data.fakes import CIFAR10_LABEL_NAMES, cifar10_arrays, make_cifar10, write_cifar_batch
 
@@ -212,7 +212,7 @@ def test_wrong_image_size_is_config_error(data_dir):
 
 
 def test_from_config_reads_the_keys(data_dir):
-    cfg = SimpleNamespace(
+    cfg = Config(
         data_dir=str(data_dir), batch_size=4, test_batch_size=10, workers=0, seed=3, download=False
     )
     cifar = CIFAR10.from_config(cfg)

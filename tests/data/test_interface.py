@@ -1,7 +1,7 @@
 """Every dataset class follows the one interface the trainer and the YAML files rely on."""
 
+import dataclasses
 import inspect
-from types import SimpleNamespace
 
 import pytest
 from torch.utils.data import Dataset
@@ -12,6 +12,7 @@ from data.digits import Digits
 from data.fashion_mnist import FashionMNIST
 from data.imagenet import ImageNet
 from data.loaders import SeededLoader
+from genutil.config import Config
 from tests.data.fakes import make_cifar10, make_fashion_mnist, make_imagenet
 
 # class, fake writer, image_size, num_classes of the fake
@@ -46,7 +47,7 @@ def test_from_config_builds_loaders(name, tmp_path, monkeypatch):
     monkeypatch.setattr(fashion_module, "SYSTEM_DIRS", ())
     cls, make, image_size, num_classes = CASES[name]
     make(tmp_path)
-    cfg = SimpleNamespace(
+    cfg = Config(
         data_dir=str(tmp_path), batch_size=4, test_batch_size=6, workers=0,
         image_size=image_size, in_channels=3, seed=11, download=False,
     )  # fmt: skip
@@ -60,6 +61,5 @@ def test_from_config_builds_loaders(name, tmp_path, monkeypatch):
     assert images.shape == (6, 3, image_size, image_size) and labels.shape == (6,)
     assert int(labels.max()) < num_classes
     assert not dataset.train_loader.persistent_workers
-    cfg.workers, cfg.persistent_workers = 1, True
-    persistent = cls.from_config(cfg)
+    persistent = cls.from_config(dataclasses.replace(cfg, workers=1, persistent_workers=True))
     assert persistent.train_loader.persistent_workers and persistent.val_loader.persistent_workers

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from genutil import api
-from models.graphs.fast import dgl_available, make_plan
+from models.graphs.fast import dgl_available
 from models.graphs.fast.backends import DGLEdges
 from models.graphs.fast.network import FastGraphNet
 from models.graphs.mobilenetv1like import MobileNetV1Like
@@ -36,7 +36,7 @@ def medium(reference_dir):
 
 def test_dgl_backend_on_the_medium_fixture(medium):
     model, x, expected = medium
-    plan = make_plan(model)
+    plan = model.fast_plan()
     fast = {b: FastGraphNet(plan, b) for b in ("dgl", "sparse", "dense")}
     with torch.no_grad():
         out = {b: m(x) for b, m in fast.items()}
@@ -52,14 +52,12 @@ def test_dgl_backend_on_the_medium_fixture(medium):
     assert sum(g.num_edges() for g in graphs) == 156_304
 
 
-def test_api_dgl_backend_and_export(medium, tmp_path):
+def test_api_dgl_backend_and_export_refused(medium, tmp_path):
     model, x, expected = medium
-    fast, lines = api.prepare_for_eval(
-        model, fast=True, backend="dgl", export=str(tmp_path / "m.pt"), example=x
-    )
-    assert fast.backend == "dgl" and lines[0].startswith("fast_eval (dgl)")
-    loaded = torch.jit.load(str(tmp_path / "m.pt"))  # the sparse twin: same outputs
-    assert (loaded(x) - expected["logits"]).abs().max().item() <= 1e-5
+    shrunk = api.shrink(model, backend="dgl")
+    assert shrunk.module.backend == "dgl" and shrunk.lines[0].startswith("fast_eval (dgl)")
+    with pytest.raises(ValueError, match="DGL graphs cannot be saved"):
+        api.export_model(shrunk.module, str(tmp_path / "m.pt"), x)
 
 
 def test_main_evaluates_large_scale_with_fast_eval_and_dgl(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 
 import main
 from genutil import allocator
+from models.graphs import fastpath, native
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -68,9 +69,9 @@ def test_other_c_libraries_are_left_alone():
     assert allocator.keep_freed_memory() is False
 
 
-def test_run_sets_it_unless_the_config_says_no(monkeypatch, tmp_path):
+def test_the_entry_point_sets_it_unless_the_config_says_no(monkeypatch, tmp_path, capsys):
     calls = []
-    monkeypatch.setattr("genutil.run.keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr("genutil.process.keep_freed_memory", lambda: calls.append(1) or True)
     common = [
         "app:apps/quickstart/static_dnw.yml",
         "--num_epochs",
@@ -83,13 +84,13 @@ def test_run_sets_it_unless_the_config_says_no(monkeypatch, tmp_path):
     ]
     assert main.main(common) == 0
     assert calls == [1]
+    assert "freed memory kept for reuse" in capsys.readouterr().out
     assert main.main([*common, "--nokeep_freed_memory", "--save_dir", str(tmp_path / "ck2")]) == 0
     assert calls == [1]
+    assert "freed memory returned to the system" in capsys.readouterr().out
 
 
-def test_run_applies_the_native_kernels_key(monkeypatch, tmp_path):
-    seen = []
-    monkeypatch.setattr("genutil.run.native.native_kernels", lambda flag=None: seen.append(flag))
+def test_the_entry_point_applies_the_fast_path_keys(tmp_path, capsys):
     common = [
         "app:apps/quickstart/static_dnw.yml",
         "--num_epochs",
@@ -98,6 +99,14 @@ def test_run_applies_the_native_kernels_key(monkeypatch, tmp_path):
         str(tmp_path / "runs"),
         "--noprogress",
     ]
-    assert main.main([*common, "--save_dir", str(tmp_path / "ck")]) == 0
-    assert main.main([*common, "--nonative_kernels", "--save_dir", str(tmp_path / "ck2")]) == 0
-    assert seen == [True, False]
+    try:
+        assert main.main([*common, "--save_dir", str(tmp_path / "ck")]) == 0
+        assert fastpath.switches().native
+        assert "native on" in capsys.readouterr().out or native.library() is None
+        assert main.main([*common, "--nonative_kernels", "--save_dir", str(tmp_path / "ck2")]) == 0
+        assert not fastpath.switches().native
+        assert "native off (switched off)" in capsys.readouterr().out
+        assert main.main([*common, "--nofast_paths", "--save_dir", str(tmp_path / "ck3")]) == 0
+        assert "fast paths: all off (reference forwards)" in capsys.readouterr().out
+    finally:
+        fastpath.configure(enabled=True, native=True)

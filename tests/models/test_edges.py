@@ -1,6 +1,6 @@
 """Edge types: exact top-k, straight-through vs no-update gradients, masks, targeted dropout.
 
-Numbers come from the original release (../shared/reference/straight_through.json).
+Numbers come from the original release (tests/fixtures/straight_through.json).
 """
 
 import json

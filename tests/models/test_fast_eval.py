@@ -14,9 +14,8 @@ import torch
 import torch.nn as nn
 
 from genutil import api
-from genutil.errors import ConfigError
 from models.graphs.edges import GRAPH_TYPES
-from models.graphs.fast import FastGraphNet, dgl_available, fast_eval, make_plan
+from models.graphs.fast import BackendUnavailable, FastGraphNet, dgl_available
 from models.graphs.fast.counting import executed_macs
 from models.graphs.fast.removal import plan_mobilenet
 from models.graphs.mobilenetv1like import MobileNetV1Like
@@ -51,7 +50,7 @@ def max_diff(fast: nn.Module, model: nn.Module, x: torch.Tensor) -> float:
 
 def every_backend(model: nn.Module) -> dict:
     """{backend: shrunk model}, all from one plan (planning is the slow part)."""
-    plan = make_plan(model.eval())
+    plan = model.eval().fast_plan()
     return {backend: FastGraphNet(plan, backend) for backend in BACKENDS}
 
 
@@ -113,8 +112,8 @@ def test_fast_eval_returns_a_new_model_and_leaves_the_original(medium):
 
 def test_transitive_rule_is_exact_and_never_keeps_more(medium):
     model, x, expected, _ = medium
-    fast = fast_eval(model, rule="transitive")
-    orig = fast_eval(model).kept_channels()["blocks"]
+    fast = api.fast_eval(model, rule="transitive")
+    orig = api.fast_eval(model).kept_channels()["blocks"]
     assert all(
         t <= o for tb, ob in zip(fast.kept_channels()["blocks"], orig) for t, o in zip(tb, ob)
     )
@@ -149,7 +148,7 @@ def test_every_graph_type_is_exact(graph):
 
 def _kill_last_block_outputs(model: MobileNetV1Like, outputs: list) -> None:
     """Zero every weight into some last-Block outputs: the top-k prunes them, so those outputs
-    have no in-edge and stay 0 before the final BatchNorm (SPEC section 8)."""
+    have no in-edge and stay 0 before the final BatchNorm (docs/faithfulness.md, "Where we differ")."""
     block = model.layers[-1]
     rows = [block.oup * (block.blocks - 1) + j for j in outputs]
     with torch.no_grad():
@@ -173,7 +172,7 @@ def test_dead_last_block_outputs_are_folded_not_dropped(small):
 def test_small_classifier_drops_features_it_never_reads():
     torch.manual_seed(3)
     model = randomize_norms(MobileNetV1Like(prune_rate=0.9, graph="dnw", small=True))
-    fast = fast_eval(model, backend="sparse")
+    fast = api.fast_eval(model, backend="sparse")
     reads = int((model.linear.get_weight().flatten(1) != 0).any(0).sum())
     assert fast.kept_channels()["features"] <= reads < 1024
     assert max_diff(fast, model, torch.randn(2, 3, 32, 32)) <= 1e-5
@@ -206,42 +205,40 @@ def test_static_fixture(reference_dir):
             assert (fast(x) - expected).abs().max().item() <= 1e-5, backend
 
 
-def test_unsupported_model_and_backend_are_config_errors():
+def test_unsupported_model_and_backend_are_value_errors_naming_them():
     model = api.build_model("apps/small_scale/discrete_time_dnw.yml")
-    with pytest.raises(ConfigError, match="drop --fast_eval"):
+    with pytest.raises(ValueError, match="discrete-time model has no dead nodes"):
         api.fast_eval(model)
-    with pytest.raises(ConfigError, match="unknown graph_backend"):
+    with pytest.raises(ValueError, match="unknown backend 'cuda'"):
         api.fast_eval(
             StaticNeuralGraph(dim=96, downsample_dim=32, feature_dim=16, layers=5, image_size=16),
             backend="cuda",
         )
+    with pytest.raises(TypeError, match="does not implement models.contract.WiredNetwork"):
+        api.fast_eval(nn.Linear(2, 2))
 
 
 @pytest.mark.skipif(dgl_available(), reason="dgl is importable here")
-def test_dgl_backend_without_dgl_says_how_to_get_it():
+def test_dgl_backend_without_dgl_is_a_backend_error():
     model = StaticNeuralGraph(dim=96, downsample_dim=32, feature_dim=16, layers=5, image_size=16)
-    with pytest.raises(ConfigError, match=r"make dgl-env.*\.venv-dgl/bin/python") as err:
+    with pytest.raises(BackendUnavailable, match=r"torch <= 2\.2\.1") as err:
         api.fast_eval(model, backend="dgl")
     assert "\n" not in str(err.value)
 
 
-def test_prepare_for_eval(tmp_path):
+def test_shrink_reports_what_it_kept_and_exports(tmp_path):
     model = randomize_norms(
         StaticNeuralGraph(
             dim=96, downsample_dim=32, feature_dim=16, layers=5, image_size=16, prune_rate=0.5
         )
     )
-    same, lines = api.prepare_for_eval(model, fast=False)
-    assert same is model and lines == []
-    with pytest.raises(ConfigError, match="add --fast_eval"):
-        api.prepare_for_eval(model, fast=False, backend="sparse")
     x = torch.randn(2, 3, 16, 16)
+    shrunk = api.shrink(model, backend="sparse")
+    assert max_diff(shrunk.module, model, x) <= 1e-5
+    assert shrunk.lines[0].startswith("fast_eval (sparse): stem keeps")
+    assert shrunk.lines == shrunk.module.report()
     path = tmp_path / "out" / "model.pt"
-    fast, lines = api.prepare_for_eval(
-        model, fast=True, backend="sparse", export=str(path), example=x
-    )
-    assert max_diff(fast, model, x) <= 1e-5 and path.exists()
-    assert lines[0].startswith("fast_eval (sparse): stem keeps") and "exported" in lines[-1]
+    assert api.export_model(shrunk.module, str(path), x) <= 1e-5 and path.exists()
 
 
 @pytest.mark.parametrize("backend", ["dense", "sparse"])
@@ -266,11 +263,3 @@ def test_export_round_trip_in_a_fresh_process(medium, medium_fast, tmp_path, bac
     out, shape = torch.load(tmp_path / "y.pt", weights_only=True)
     assert (out - expected["logits"]).abs().max().item() <= 1e-5
     assert tuple(shape) == (5, 10)
-
-
-@needs_dgl
-def test_dgl_export_writes_the_sparse_twin(medium, tmp_path):
-    model, x, _, _ = medium
-    path = tmp_path / "m.pt"
-    fast, lines = api.prepare_for_eval(model, fast=True, backend="dgl", export=str(path), example=x)
-    assert fast.backend == "dgl" and "sparse" in lines[-2] and path.exists()

@@ -18,17 +18,14 @@ from models.graphs.mobilenetv1like import (
     block_prune_rate,
 )
 
-# ../shared/reference beside the checkout (as tests/conftest.py's reference_dir); the
-# parametrization below is read at collection time, so it is empty when the folder is absent.
-REF = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "reference")
+# tests/fixtures (as tests/conftest.py's reference_dir), read at collection time for the
+# parametrization below.
+REF = os.path.join(os.path.dirname(__file__), "..", "fixtures")
 FIXTURE = os.path.join("ckpt", "medium_mobilenetv1_dnw_x225")
 
 
 def _configs(class_name: str) -> list:
-    path = os.path.join(REF, "state_dicts.json")
-    if not os.path.exists(path):
-        return []
-    with open(path) as fh:
+    with open(os.path.join(REF, "state_dicts.json")) as fh:
         configs = json.load(fh)["configs"]
     return [c for c in configs if c["model_class"].endswith(f".{class_name}'>")]
 
@@ -71,7 +68,10 @@ def test_layout_matches_original(c):
     assert sum(p.numel() for p in model.parameters()) == c["num_parameters"]
     assert [repr(b.prune_rate) for b in model.layers] == [b["prune_rate_repr"] for b in c["blocks"]]
     assert [b.prune_rate for b in model.layers] == [b["prune_rate"] for b in c["blocks"]]
-    graphs = [(n, type(g).__name__, g.prune_rate, g.num_kept) for n, g in model.graphs()]
+    graphs = [
+        (n, type(g).__name__, g.prune_rate, g.num_kept)
+        for n, g in ((gl.name, gl.module) for gl in model.graph_layers())
+    ]
     want = [(g["module"], g["class"], g["prune_rate"], g["num_kept"]) for g in c["graph_modules"]]
     assert graphs == want
     assert len(model.get_weight()) == len(want)
@@ -81,7 +81,7 @@ def test_layout_matches_original(c):
 
 
 def test_block_prune_rate_formula():
-    # reference README 4.3: the medium values, exactly
+    # docs/faithfulness.md, "MobileNetV1-like": the medium values, exactly
     rates = [block_prune_rate(0.775, *cfg[:2], cfg[3]) for cfg in BLOCK_CFG]
     assert rates == [0.949375, 0.9746875, 0.9746875, 0.9915625, 0.9746875]
     assert block_prune_rate(0.7, 32, 64, 1) == 0.9099999999999999
@@ -112,7 +112,9 @@ def test_stem_stride(image_size, stride):
 
 def test_rho_gamma_is_the_graph_prune_rate():
     model = MobileNetV1Like(prune_rate=0.775, graph="td", rho="gamma", small=True)
-    assert [g.rho for _, g in model.graphs()] == [g.prune_rate for _, g in model.graphs()]
+    assert [g.rho for _, g in ((gl.name, gl.module) for gl in model.graph_layers())] == [
+        g.prune_rate for _, g in ((gl.name, gl.module) for gl in model.graph_layers())
+    ]
 
 
 def _load_fixture(fixture: str) -> MobileNetV1Like:
@@ -134,7 +136,7 @@ def test_fixture_logits(reference_dir):
     assert (logits - expected["logits"]).abs().max().item() <= 1e-5
     with open(fixture + ".json") as fh:
         stats = {s["module"]: s for s in json.load(fh)["graph_stats"]}
-    for name, graph in model.graphs():
+    for name, graph in ((gl.name, gl.module) for gl in model.graph_layers()):
         w = graph.get_weight()
         assert int((w == 0).sum()) == stats[name]["p_pruned"]
         assert int((w != 0).sum()) == stats[name]["kept"]
@@ -193,7 +195,10 @@ def test_forward_backward_every_graph_type(graph):
     out.square().mean().backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
-    assert all(g.weight.grad.abs().sum() > 0 for _, g in model.graphs())
+    assert all(
+        g.weight.grad.abs().sum() > 0
+        for _, g in ((gl.name, gl.module) for gl in model.graph_layers())
+    )
 
 
 def test_random_mask_respects_the_dag():
@@ -208,7 +213,9 @@ def test_random_mask_respects_the_dag():
 
 def test_dnw_no_update_mask_is_all_ones():
     model = MobileNetV1Like(prune_rate=0.775, graph="dnw_no_update")
-    assert all(bool((g.mask == 1).all()) for _, g in model.graphs())
+    assert all(
+        bool((g.mask == 1).all()) for _, g in ((gl.name, gl.module) for gl in model.graph_layers())
+    )
 
 
 @pytest.mark.parametrize("small", [False, True])

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.graphs import native
+from models.graphs import fastpath, native
 from models.graphs.ops import node_update
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -150,7 +150,7 @@ def _fresh_python(code: str, env: dict) -> subprocess.CompletedProcess:
 
 _PROBE = (
     "import torch\n"
-    "from models.graphs import native\n"
+    "from models.graphs import fastpath, native\n"
     "from models.graphs.ops import node_update\n"
     "lib = native.library()\n"
     "print('built' if lib is not None else 'none:' + native.build_error())\n"
@@ -184,10 +184,9 @@ def test_build_is_cached_and_a_missing_compiler_falls_back(tmp_path):
 
 def test_switched_off_means_the_torch_ops():
     x = torch.randn(2, 4, 8, 8, requires_grad=True)
-    try:
-        native.native_kernels(False)
-        assert native.library() is None
+    assert type(node_update(x, torch.randn(4, 1, 3, 3)).grad_fn).__name__ == "_NodeUpdateBackward"
+    with fastpath.use(native=False):
+        assert not fastpath.native_on(x) and fastpath.active()["native"] == "off (switched off)"
         y = node_update(x, torch.randn(4, 1, 3, 3))
         assert type(y.grad_fn).__name__ != "_NodeUpdateBackward"
-    finally:
-        native.native_kernels(True)
+    assert fastpath.native_on(x)  # the block put the switch back

@@ -37,7 +37,7 @@ def test_state_dict_and_parameter_count_match_the_original(reference_dir, name):
     got = [(k, list(v.shape)) for k, v in model.state_dict().items()]
     assert got == [(r["key"], r["shape"]) for r in ref["state_dict"]]
     assert sum(p.numel() for p in model.parameters()) == ref["num_parameters"] == 651058
-    (graph,) = [g for _, g in model.graphs()]
+    (graph,) = [g for _, g in ((gl.name, gl.module) for gl in model.graph_layers())]
     assert graph.num_kept == ref["graph_modules"][0]["num_kept"] == 32000
 
 

@@ -8,11 +8,11 @@ import torch.nn.functional as F
 
 from bench.vs_original import original_discrete, original_static
 from genutil import api
-from models.graphs import edges, fastpath, products
-from models.graphs.edges import BRACKET_MIN, kth_smallest, sample_stride, topk_mask
+from models.graphs import fastpath, products, selection
 from models.graphs.mobilenetv1like import Block
 from models.graphs.ops import graph_conv, instance_norm, weight_slices
 from models.graphs.products import sparse_weight
+from models.graphs.selection import BRACKET_MIN, kth_smallest, sample_stride, topk_mask
 
 
 def _sparse(o, i, density, seed=0):
@@ -118,10 +118,10 @@ def test_kth_smallest_with_ties_and_other_dtypes():
 
 
 def _bracketed_kth(flat, k):
-    found = edges._bracket(flat, k)
+    found = selection._bracket(flat, k)
     assert found is not None, "the bracket missed"
-    selection, rank = found
-    return torch.kthvalue(selection, rank).values
+    inside, rank = found
+    return torch.kthvalue(inside, rank).values
 
 
 @pytest.mark.parametrize("n", [BRACKET_MIN, 3_000_000])
@@ -149,7 +149,7 @@ def test_kth_smallest_is_exact_when_the_sample_misleads():
     flat = torch.rand(n)
     flat[:: sample_stride(n)] = 10.0  # every sampled entry is the largest value: bracket misses
     k = n // 2
-    assert edges._bracket(flat, k) is None
+    assert selection._bracket(flat, k) is None
     assert kth_smallest(flat, k) == torch.kthvalue(flat, k).values
 
 
@@ -247,13 +247,16 @@ def test_medium_block_equals_the_sliced_state_formulation_in_a_training_step():
 
 
 def test_fast_paths_can_be_switched_off():
-    assert fastpath.cpu_fast_paths() is True
-    try:
-        fastpath.cpu_fast_paths(False)
-        w = _sparse(30, 30, 0.05)
+    w = _sparse(30, 30, 0.05)
+    assert fastpath.switches().enabled and sparse_weight(w) is not None
+    with fastpath.use(sparse=False):
         assert sparse_weight(w) is None
-    finally:
-        fastpath.cpu_fast_paths(True)
+        assert fastpath.active()["sparse"] == "off (switched off)"
+    with fastpath.use(enabled=False):
+        assert sparse_weight(w) is None
+        assert set(fastpath.active().values()) == {"off (switched off)", "off (all fast paths off)"}
+        assert fastpath.summary() == "fast paths: all off (reference forwards)"
+    assert sparse_weight(w) is not None and fastpath.switches() == fastpath.Switches()
 
 
 def test_sparse_forms_are_kept_without_autograd_until_the_weight_changes():

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import models.graphs.neuralgraph as neuralgraph
 from bench.vs_original import original_static
 from genutil import api
-from models.graphs import native, static_fused
+from models.graphs import fastpath, native, static_fused
 from models.graphs.neuralgraph import StaticNeuralGraph
 
 pytestmark = pytest.mark.skipif(
@@ -148,11 +148,8 @@ def test_without_native_kernels_the_stepwise_path_runs(monkeypatch):
     x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
     calls = _count_fused(monkeypatch)
     fused = _step(model, model, x, y)
-    try:
-        native.native_kernels(False)
+    with fastpath.use(native=False):
         plain = _step(model, model, x, y)
-    finally:
-        native.native_kernels(True)
     assert len(calls) == 1
     _assert_close(fused, _exact(model, x, y))
     _assert_close(plain, _exact(model, x, y))

@@ -28,10 +28,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from genutil.errors import ConfigError
 from models.graphs.fast.plan import BlockPlan, NodeOps
 
 __all__ = [
+    "BackendUnavailable",
     "NodeOp",
     "DenseBlock",
     "SparseBlock",
@@ -43,10 +43,9 @@ __all__ = [
     "dgl_available",
 ]
 
-_DGL_HINT = (
-    "graph_backend dgl needs DGL, which runs only with torch <= 2.2.1: run `make "
-    "dgl-env`, then use .venv-dgl/bin/python instead of python"
-)
+
+class BackendUnavailable(RuntimeError):
+    """A backend this environment cannot run (DGL missing, or on a torch it does not support)."""
 
 
 class NodeOp(nn.Module):
@@ -284,7 +283,10 @@ class DGLBlock(_PullBlock):
 
     def __init__(self, plan: BlockPlan) -> None:
         if not dgl_available():
-            raise ConfigError(_DGL_HINT)
+            raise BackendUnavailable(
+                f"the dgl backend needs DGL, which imports only with torch <= 2.2.1 "
+                f"(this is torch {torch.__version__})"
+            )
         super().__init__(
             plan, [DGLEdges(*_layer_edges(plan, i)) for i in range(1, len(plan.layers) + 1)]
         )
@@ -300,5 +302,5 @@ BACKENDS: dict[str, Callable[[BlockPlan], nn.Module]] = {
 def make_block(plan: BlockPlan, backend: str) -> nn.Module:
     """The Block module of ``backend`` for ``plan``."""
     if backend not in BACKENDS:
-        raise ConfigError(f"unknown graph_backend {backend!r}: choose one of {sorted(BACKENDS)}")
+        raise ValueError(f"unknown backend {backend!r}: choose one of {sorted(BACKENDS)}")
     return BACKENDS[backend](plan)

@@ -1,15 +1,14 @@
-"""The shrunk network that ``fast_eval`` returns: stem, one backend module per Block, head.
+"""The shrunk network that a ``NetPlan`` builds: stem, one backend module per Block, head.
 
-    fast = fast_eval(model, backend="sparse")  # a new module in eval mode; model is untouched
+    fast = model.fast_plan().build("sparse")  # a new module in eval mode; model is untouched
     fast.kept_channels()  # {"stem": 29, "blocks": [[29, 52], ...], "features": 1024, ...}
 
-Supported: MobileNetV1Like (any graph type, ``small`` or not) and StaticNeuralGraph (which the
-original could not shrink). Outputs equal the full model's up to float rounding (SPEC section 8).
+Planned by MobileNetV1Like (any graph type, ``small`` or not) and StaticNeuralGraph (which the
+original could not shrink). Outputs equal the full model's up to float rounding
+(docs/faithfulness.md, "Fast evaluation").
 """
 
 from __future__ import annotations
-
-import copy
 
 import torch
 import torch.nn as nn
@@ -18,9 +17,8 @@ from torch import Tensor
 
 from models.graphs.fast.backends import make_block
 from models.graphs.fast.plan import HeadPlan, NetPlan
-from models.graphs.fast.removal import plan_mobilenet, plan_static
 
-__all__ = ["FastHead", "FastGraphNet", "fast_eval", "make_plan"]
+__all__ = ["FastHead", "FastGraphNet"]
 
 
 class FastHead(nn.Module):
@@ -66,12 +64,7 @@ class FastGraphNet(nn.Module):
         self.blocks = nn.ModuleList([make_block(b, backend) for b in plan.blocks])
         self.head = FastHead(plan.head)
         self._kept = plan.kept_channels()
-        self._full = {
-            "stem": plan.stem_full,
-            "blocks": [b.full_sizes for b in plan.blocks],
-            "features": plan.head.full_features,
-        }
-        self._edges = [int(b.weight.numel()) for b in plan.blocks]
+        self._report = plan.report(backend)
         self.requires_grad_(False)  # an inference model: no parameter needs a gradient
         self.eval()
 
@@ -98,19 +91,7 @@ class FastGraphNet(nn.Module):
     @torch.jit.unused
     def report(self) -> list[str]:
         """One line per Block and one for the stem/head: kept of total nodes, edges executed."""
-        kept, full = self._kept, self._full
-        lines = [
-            f"fast_eval ({self.backend}): stem keeps {kept['stem']}/{full['stem']} channels,"
-            f" classifier reads {kept['features']}/{full['features']} features"
-            + (
-                f" ({kept['constants']} constant outputs folded into its bias)"
-                if kept["constants"]
-                else ""
-            )
-        ]
-        for i, (k, f, e) in enumerate(zip(kept["blocks"], full["blocks"], self._edges)):
-            lines.append(f"  Block {i}: kept {k} of {f} nodes, {e} edges")
-        return lines
+        return list(self._report)
 
 
 def _floats_per_input_pixel(plan: NetPlan) -> float:
@@ -125,35 +106,3 @@ def _floats_per_input_pixel(plan: NetPlan) -> float:
         nodes = block.source_offsets()[-1] + block.target_offsets()[-1]
         most = max(most, nodes / (stride * stride))
     return most
-
-
-def make_plan(model: nn.Module, rule: str = "original") -> NetPlan:
-    """The removal plan of a MobileNetV1Like or StaticNeuralGraph (see removal.py)."""
-    model = getattr(model, "module", model)
-    kind = type(model).__name__
-    if kind == "MobileNetV1Like":
-        return plan_mobilenet(model, rule=rule)
-    if kind == "StaticNeuralGraph":
-        return plan_static(model)
-    raise ValueError(f"fast_eval supports MobileNetV1Like and StaticNeuralGraph, not {kind}")
-
-
-def fast_eval(model: nn.Module, backend: str = "dense", rule: str = "original") -> FastGraphNet:
-    """A NEW shrunk copy of ``model`` in eval mode, on the model's device; the model is unchanged.
-
-    ``backend``: "dense", "sparse" or "dgl" (backends.py). ``rule``: which nodes MobileNetV1Like
-    keeps ("original", whose counts equal the original's, or "transitive"; removal.py).
-    """
-    model = getattr(model, "module", model)
-    device = next(model.parameters()).device
-    source = model if device.type == "cpu" else copy.deepcopy(model).cpu()
-    was_training = source.training
-    if was_training:  # (eval() also drops the graphs' cached weights: only when needed)
-        source.eval()  # BatchNorm running statistics and the evaluation edge sets
-    try:
-        with torch.no_grad():
-            fast = FastGraphNet(make_plan(source, rule), backend)
-    finally:
-        if was_training:
-            source.train()
-    return fast.to(device).eval()

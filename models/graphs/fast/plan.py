@@ -7,7 +7,7 @@ among kept nodes as (src, dst, weight).
 Every Block is described in "pull" form. Source layer 0 reads the Block's input; source layer
 i > 0 is a set of target nodes whose raw value is the sum of their in-edges from layers < i;
 the outputs' raw value is the sum of their in-edges from every layer. That is the computation of
-both MobileNetV1Like Blocks and the static tiny DAG (reference README 4.2, 4.3); only edges that
+both MobileNetV1Like Blocks and the static tiny DAG (docs/faithfulness.md); only edges that
 the full model's forward reads are listed, so the sums are those of the full model.
 """
 
@@ -109,6 +109,32 @@ class NetPlan:
     head: HeadPlan
     stem_full: int  # stem output channels before removal
     rule: str = "original"
+
+    def build(self, backend: str) -> nn.Module:
+        """The shrunk network (``network.FastGraphNet``) running its Blocks with ``backend``
+        (``backends.BACKENDS``); in eval mode, on the CPU."""
+        from models.graphs.fast.network import FastGraphNet  # noqa: PLC0415
+
+        return FastGraphNet(self, backend)
+
+    def report(self, backend: str) -> list[str]:
+        """One line for the stem and head, one per Block: kept of total nodes, edges."""
+        kept = self.kept_channels()
+        lines = [
+            f"fast_eval ({backend}): stem keeps {kept['stem']}/{self.stem_full} channels,"
+            f" classifier reads {kept['features']}/{self.head.full_features} features"
+            + (
+                f" ({kept['constants']} constant outputs folded into its bias)"
+                if kept["constants"]
+                else ""
+            )
+        ]
+        for i, block in enumerate(self.blocks):
+            lines.append(
+                f"  Block {i}: kept {block.sizes} of {block.full_sizes} nodes, "
+                f"{int(block.weight.numel())} edges"
+            )
+        return lines
 
     def kept_channels(self) -> dict:
         """{"stem": kept, "blocks": [[inputs, layer 1, ..., outputs], ...], "features": kept,

@@ -1,16 +1,16 @@
-"""Dead-node removal: the plan of a MobileNetV1Like or StaticNeuralGraph (SPEC section 7).
+"""Dead-node removal: the plan of a MobileNetV1Like or StaticNeuralGraph (docs/faithfulness.md, "Fast evaluation").
 
 Which nodes are kept:
 
 * MobileNetV1Like, ``rule="original"`` (default): the original's rule, so the counts equal its
-  ``block_sz`` (reference README 4.4): a source node is kept if its column of the WHOLE effective
+  ``block_sz`` (docs/faithfulness.md, "Fast evaluation"): a source node is kept if its column of the WHOLE effective
   weight has a non-zero entry (entries the forward never reads count too); the last Block keeps
   the outputs with an in-edge, the others the outputs the next Block keeps as inputs.
 * ``rule="transitive"`` (the static tiny model always; MobileNetV1Like on request): dead-code
   elimination from the classifier backwards over the edges the forward reads, so a node whose
   out-edges all end in dropped nodes is dropped too.
 
-Exact in every case (SPEC section 8): a last-Block output that the classifier reads but that has
+Exact in every case (docs/faithfulness.md, "Where we differ"): a last-Block output that the classifier reads but that has
 no in-edge is 0 before the final BatchNorm, so it reaches the classifier as the constant
 relu(bn(0)); it is folded into the classifier's bias instead of being dropped. Outputs the
 classifier never reads (a zero column, e.g. with ``small: True``) are dropped.
@@ -178,7 +178,7 @@ def plan_mobilenet(model: nn.Module, rule: str = "original") -> NetPlan:
     stem.weight = nn.Parameter(model.conv1.weight.detach()[keep_stem].clone())
     stem.out_channels = int(keep_stem.sum())
     scale, shift = _fold_bn(model.bn)
-    # a constant feature reaches the classifier as relu(bn(0)) = relu(shift) (SPEC section 8)
+    # a constant feature reaches the classifier as relu(bn(0)) = relu(shift) (docs/faithfulness.md, "Where we differ")
     bias = head_b + head_w[:, constants] @ torch.relu(shift[constants])
     head = HeadPlan(
         "pool",
@@ -194,7 +194,7 @@ def plan_mobilenet(model: nn.Module, rule: str = "original") -> NetPlan:
 
 @torch.no_grad()
 def plan_static(model: nn.Module) -> NetPlan:
-    """Plan for a StaticNeuralGraph (reference README 4.2), with transitive removal.
+    """Plan for a StaticNeuralGraph (docs/faithfulness.md, "The static tiny model"), with transitive removal.
 
     Node groups are the source layers; the targets of layer i are group i's nodes (their raw
     value is the sum of in-edges from earlier groups); the outputs are the last

@@ -29,7 +29,6 @@ from torch import Tensor
 
 __all__ = [
     "library",
-    "native_kernels",
     "build_error",
     "cache_dir",
     "max_side",
@@ -45,19 +44,9 @@ _FLAG_SETS = (
     ["-O3", "-march=native", "-fopenmp"],
     ["-O3", "-fopenmp"],  # compilers or CPUs without -march=native
 )
-_ENABLED = True
 _LIB: Optional[ctypes.CDLL] = None
 _TRIED = False
 _ERROR = ""
-
-
-def native_kernels(flag: Optional[bool] = None) -> bool:
-    """Read (or set) whether the native kernels may be used (default on; config key
-    ``native_kernels``)."""
-    global _ENABLED
-    if flag is not None:
-        _ENABLED = bool(flag)
-    return _ENABLED
 
 
 def build_error() -> str:
@@ -75,10 +64,9 @@ def cache_dir() -> str:
 
 
 def library() -> Optional[ctypes.CDLL]:
-    """The loaded kernels, building them on first use; None where disabled or unbuildable."""
+    """The loaded kernels, building them on first use; None where they cannot be built.
+    Whether they are used is ``models.graphs.fastpath``'s switch ``native``."""
     global _LIB, _TRIED, _ERROR
-    if not _ENABLED:
-        return None
     if not _TRIED:
         _TRIED = True
         try:
