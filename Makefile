@@ -19,7 +19,7 @@ define pip_install
 	done
 endef
 
-.PHONY: quickstart test test-main test-dgl dgl-env lint reproduce-cpu check-reference clean-quickstart
+.PHONY: quickstart test test-fast test-dgl dgl-env lint reproduce-cpu check-reference
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,11 +33,15 @@ quickstart: $(VENV)/.installed
 	rm -rf checkpoints/quickstart runs/quickstart
 	$(PY) main.py app:apps/quickstart/static_dnw.yml
 
-# Every test: the main environment, then the DGL environment's backend tests.
-test: test-main test-dgl
-
-test-main: $(VENV)/.installed
+# Every test of the main environment: unit tests and the end-to-end ones (marked slow). The DGL
+# backend's tests need their own environment: make test-dgl (CI runs both: .ci/run).
+test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
+
+# The unit tests alone (under 3 minutes on 2 cores): models, the contract, the loop with a toy
+# model, checkpoints and resume state in one process.
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow" tests
 
 # The DGL environment (graph_backend: dgl / --use_dgl): DGL 2.1.0 runs only with torch <= 2.2.1,
 # so it has its own virtualenv, .venv-dgl, from requirements-dgl.txt.
@@ -49,12 +53,14 @@ $(DGL_VENV)/.installed: requirements-dgl.txt
 
 dgl-env: $(DGL_VENV)/.installed
 
-# The DGL backend's tests and the fast_eval tests (dense/sparse/dgl) on torch 2.2.
+# The DGL backend's tests and the fast_eval tests (dense/sparse/dgl) on torch 2.2, in the DGL
+# environment (about 5 GB: torch 2.2.1's CUDA wheels).
 test-dgl: $(DGL_VENV)/.installed
 	DGLBACKEND=pytorch $(DGL_PY) -m pytest -q tests/dgl tests/models/test_fast_eval.py
 
+# The numbers of the authors' release, from the fixtures in tests/fixtures (see their README).
 check-reference: $(VENV)/.installed
-	$(PY) ../shared/tools/check_reference.py
+	$(PY) tests/check_reference.py
 
 lint: $(VENV)/.installed
 	$(PY) -m pip install -q ruff && $(PY) -m ruff check . && $(PY) -m ruff format --check .

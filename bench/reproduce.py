@@ -118,10 +118,12 @@ def _device() -> str:
 
 def run_row(stem: str, setting: str, seed: int, protocol: Protocol, args) -> Optional[dict]:
     """Train (or skip, if finished) one row at one seed; its result, None if interrupted."""
-    from genutil import api  # noqa: PLC0415  (heavy imports once the arguments are valid)
+    from genutil import (
+        api,  # noqa: PLC0415  (heavy imports once the arguments are valid)
+        process,  # noqa: PLC0415
+    )
     from genutil.checkpoint import load_model_state, model_state, read_checkpoint  # noqa: PLC0415
     from genutil.config import load_config, run_title  # noqa: PLC0415
-    from genutil import process  # noqa: PLC0415
     from genutil.run import run  # noqa: PLC0415
     from models.counting import graph_params  # noqa: PLC0415
 

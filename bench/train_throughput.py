@@ -1,10 +1,11 @@
 """Training and evaluation images/second, by the method of the original's baseline.
 
-Method (the original's baseline, bench/README.md "The original's baseline"): synthetic ``torch.randn`` images at the
-experiment's input shape, random targets; ``torch.set_num_threads(threads)``; train step =
-``model.train()``, zero_grad, forward, cross-entropy, backward, SGD step (lr 0.1, momentum 0.9,
-wd 1e-4), batch 128, the same batch every step; eval = ``model.eval()`` + ``no_grad`` forward at
-batch 256; ``warmup`` untimed steps then ``steps`` timed ones; images/s = batch / median step.
+Method (the original's baseline, bench/README.md "The original's baseline"): synthetic
+``torch.randn`` images at the experiment's input shape, random targets;
+``torch.set_num_threads(threads)``; train step = ``model.train()``, zero_grad, forward,
+cross-entropy, backward, SGD step (lr 0.1, momentum 0.9, wd 1e-4), batch 128, the same batch every
+step; eval = ``model.eval()`` + ``no_grad`` forward at batch 256; ``warmup`` untimed steps then
+``steps`` timed ones; images/s = batch / median step.
 
     python bench/train_throughput.py                       # all small-scale models + medium DNW
     python bench/train_throughput.py --apps apps/small_scale/static_dnw.yml --weights fixture
@@ -33,7 +34,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from genutil import api  # noqa: E402
 from genutil.allocator import keep_freed_memory  # noqa: E402
-from models.graphs import native  # noqa: E402
+from models.graphs import fastpath  # noqa: E402
 
 DEFAULT_APPS = [
     "apps/small_scale/static_dnw.yml",
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     kept = False if args.system_malloc else keep_freed_memory()
-    native.native_kernels(not args.no_native)
+    fastpath.configure(native=not args.no_native)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(
@@ -175,8 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
         + f", threads {torch.get_num_threads()}, amp {args.amp or 'off'}, "
         f"compile {args.compile}, channels_last {args.channels_last}, "
-        f"malloc keeps freed memory {kept}, native CPU kernels "
-        f"{'on' if native.library() is not None else 'off'}"
+        f"malloc keeps freed memory {kept}; {fastpath.summary(device)}"
     )
     print("| experiment | weights | mode | batch | median step (s) | images/s | original | ratio |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")

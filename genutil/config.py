@@ -99,7 +99,8 @@ class Config:
     rho: Union[float, str] = _f(0.5, "targeted dropout drop probability, or 'gamma' (= prune_rate)")
     td_abs: bool = _f(False, "td/reg_td: train on |w| as the original did (sign lost)")
     ode_inplace_relu: bool = _f(
-        True, "continuous model: clamp the solver state in place as the original (docs/faithfulness.md)"
+        True,
+        "continuous model: clamp the solver state in place as the original (docs/faithfulness.md)",
     )
     use_graph: str = _f("", "fine_tune: checkpoint whose wiring (and weights) to start from")
     use_init: str = _f("", "fine_tune: checkpoint whose weights to start from (lottery ticket)")

@@ -12,6 +12,8 @@ import torch
 import main
 from tests.data.fakes import make_cifar10
 
+pytestmark = pytest.mark.slow  # end to end: main.py or its parts, in subprocesses
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

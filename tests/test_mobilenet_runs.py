@@ -13,8 +13,10 @@ import torch
 
 import main
 from genutil import api
-from models.graphs.edges import topk_mask
+from models.graphs.selection import topk_mask
 from tests.data.fakes import make_cifar10, make_imagenet
+
+pytestmark = pytest.mark.slow  # end to end: main.py or its parts, in subprocesses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEDIUM = "apps/medium_scale"

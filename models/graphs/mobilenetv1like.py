@@ -50,9 +50,9 @@ Rho = Union[float, str]
 def block_prune_rate(prune_rate: float, inp: int, oup: int, blocks: int) -> float:
     """The Block's own prune rate: 1 - (edges of MobileNetV1 x (1 - p)) / (size of W).
 
-    Evaluated in float64 exactly as the original (docs/faithfulness.md, "MobileNetV1-like"): each term is
-    ``a * b * (1 - p) * (1 - p)`` left to right and the numerator is accumulated term by term,
-    so the result equals the original's bit for bit (it decides ``int(rate * n)``).
+    Evaluated in float64 exactly as the original (docs/faithfulness.md, "MobileNetV1-like"): each
+    term is ``a * b * (1 - p) * (1 - p)`` left to right and the numerator is accumulated term by
+    term, so the result equals the original's bit for bit (it decides ``int(rate * n)``).
     """
     p = float(prune_rate)
     num_edges = inp * oup * (1 - p) * (1 - p)
@@ -66,7 +66,8 @@ def block_allowed(inp: int, oup: int, blocks: int) -> Tensor:
     """DAG constraint of a Block as a bool [oup * blocks, inp + oup * (blocks - 1)].
 
     Input columns feed every target row; the columns of intermediate layer g feed only the
-    rows of layers g + 1, g + 2, ... (rows are grouped by ``oup``). docs/faithfulness.md, "The DAG constraint".
+    rows of layers g + 1, g + 2, ... (rows are grouped by ``oup``); docs/faithfulness.md,
+    "The DAG constraint".
     """
     row_layer = torch.arange(oup * blocks) // oup  # [n_out]: target layer 0..blocks-1
     col = torch.arange(inp + oup * (blocks - 1))
@@ -75,7 +76,8 @@ def block_allowed(inp: int, oup: int, blocks: int) -> Tensor:
 
 
 class Block(nn.Module):
-    """One static graph replacing a run of depthwise-separable layers (docs/faithfulness.md, "MobileNetV1-like")."""
+    """One static graph replacing a run of depthwise-separable layers (docs/faithfulness.md,
+    "MobileNetV1-like")."""
 
     def __init__(
         self,

@@ -1,7 +1,7 @@
 """The static tiny model's graph as one autograd Function on the CPU fast path.
 
-Same math as ``StaticNeuralGraph``'s step-by-step forward (docs/faithfulness.md), arranged for memory
-traffic, which is most of what a training step costs on a CPU (bench/README.md):
+Same math as ``StaticNeuralGraph``'s step-by-step forward (docs/faithfulness.md), arranged for
+memory traffic, which is most of what a training step costs on a CPU (bench/README.md):
 
 - forward, "pull": every group's node update (the native kernel: norm, ReLU, depthwise) writes
   its output into one [B, dim, H, W] buffer, and a group's state is then one block-diagonal

@@ -15,6 +15,8 @@ from bench import reproduce
 from genutil.checkpoint import read_checkpoint
 from tests.data.fakes import make_fashion_mnist
 
+pytestmark = pytest.mark.slow  # end to end: main.py or its parts, in subprocesses
+
 
 def test_cpu_protocol_is_issue_8s():
     cpu = reproduce.PROTOCOLS["cpu"]

@@ -1,7 +1,11 @@
 """bench/vs_original.py prints the interleaved comparison (the numbers are figures, not checks;
 its formulations are checked against ours in tests/models/test_ops.py)."""
 
+import pytest
+
 from bench import vs_original
+
+pytestmark = pytest.mark.slow  # end to end: main.py or its parts, in subprocesses
 
 
 def test_prints_one_row_per_experiment(capsys):

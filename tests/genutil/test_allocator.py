@@ -55,6 +55,7 @@ def _faults_per_round(mode: str) -> int:
     return int(out.stdout.split()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not GLIBC, reason="mallopt thresholds are glibc's")
 def test_training_steps_reuse_freed_memory_without_page_faults():
     system, keep = _faults_per_round("system"), _faults_per_round("keep")
@@ -69,6 +70,7 @@ def test_other_c_libraries_are_left_alone():
     assert allocator.keep_freed_memory() is False
 
 
+@pytest.mark.slow
 def test_the_entry_point_sets_it_unless_the_config_says_no(monkeypatch, tmp_path, capsys):
     calls = []
     monkeypatch.setattr("genutil.process.keep_freed_memory", lambda: calls.append(1) or True)
@@ -90,6 +92,7 @@ def test_the_entry_point_sets_it_unless_the_config_says_no(monkeypatch, tmp_path
     assert "freed memory returned to the system" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_entry_point_applies_the_fast_path_keys(tmp_path, capsys):
     common = [
         "app:apps/quickstart/static_dnw.yml",

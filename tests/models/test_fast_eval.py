@@ -148,7 +148,8 @@ def test_every_graph_type_is_exact(graph):
 
 def _kill_last_block_outputs(model: MobileNetV1Like, outputs: list) -> None:
     """Zero every weight into some last-Block outputs: the top-k prunes them, so those outputs
-    have no in-edge and stay 0 before the final BatchNorm (docs/faithfulness.md, "Where we differ")."""
+    have no in-edge and stay 0 before the final BatchNorm (docs/faithfulness.md, "Where we
+    differ")."""
     block = model.layers[-1]
     rows = [block.oup * (block.blocks - 1) + j for j in outputs]
     with torch.no_grad():
@@ -241,6 +242,7 @@ def test_shrink_reports_what_it_kept_and_exports(tmp_path):
     assert api.export_model(shrunk.module, str(path), x) <= 1e-5 and path.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["dense", "sparse"])
 def test_export_round_trip_in_a_fresh_process(medium, medium_fast, tmp_path, backend):
     _, x, expected, _ = medium

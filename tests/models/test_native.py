@@ -162,6 +162,7 @@ _PROBE = (
 
 
 @needs_native
+@pytest.mark.slow
 def test_build_is_cached_and_a_missing_compiler_falls_back(tmp_path):
     cache = tmp_path / "cache"
     first = _fresh_python(_PROBE, {"DNW_NATIVE_CACHE": str(cache)})

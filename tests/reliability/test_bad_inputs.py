@@ -20,6 +20,8 @@ import torch
 from tests.data.fakes import make_cifar10
 from tests.reliability.util import QUICKSTART, ROOT, run_main, tree_hash
 
+pytestmark = pytest.mark.slow  # end to end: main.py or its parts, in subprocesses
+
 EXISTING = [QUICKSTART, "--dim", "160", "--feature_dim", "32", "--num_epochs", "1", "--noprogress"]
 QS = Path(ROOT, "apps", "quickstart", "static_dnw.yml").read_text()
 IMAGENET_APP = "app:apps/large_scale/mobilenetv1_dnw_x225.yml"

@@ -16,6 +16,8 @@ from genutil.checkpoint import read_checkpoint, remove_stale_temps, save_checkpo
 from genutil.errors import CheckpointError
 from tests.reliability.util import ROOT
 
+pytestmark = pytest.mark.slow  # end to end: main.py or its parts, in subprocesses
+
 
 def _payload(value: float) -> dict:
     return {"model": {"module.w": torch.full((64, 64), value)}, "last_epoch": int(value)}

@@ -41,6 +41,8 @@ from tests.reliability.util import (
     step_of,
 )
 
+pytestmark = pytest.mark.slow  # end to end: main.py or its parts, in subprocesses
+
 TORCHRUN = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 APP = "apps/quickstart/static_dnw.yml"
 SMALL = {"dim": 160, "feature_dim": 32}

@@ -6,10 +6,13 @@ from __future__ import annotations
 import math
 import os
 
+import pytest
 import torch
 
 from genutil.config import parse_argv, run_title
 from tests.reliability.util import RUNNER, TINY, dirs, load, run_main
+
+pytestmark = pytest.mark.slow  # end to end: main.py or its parts, in subprocesses
 
 STEPS = 23
 

@@ -31,6 +31,8 @@ from tests.reliability.util import (
     step_of,
 )
 
+pytestmark = pytest.mark.slow  # end to end: main.py or its parts, in subprocesses
+
 TITLE = run_title(*parse_argv(TINY))
 CIFAR_APP = "app:apps/small_scale/static_dnw.yml"
 STEPS = 23  # 1438 digits / 64 per batch

@@ -1,19 +1,20 @@
-"""Dead-node removal: the plan of a MobileNetV1Like or StaticNeuralGraph (docs/faithfulness.md, "Fast evaluation").
+"""Dead-node removal: the plan of a MobileNetV1Like or StaticNeuralGraph (docs/faithfulness.md,
+"Fast evaluation").
 
 Which nodes are kept:
 
 * MobileNetV1Like, ``rule="original"`` (default): the original's rule, so the counts equal its
-  ``block_sz`` (docs/faithfulness.md, "Fast evaluation"): a source node is kept if its column of the WHOLE effective
-  weight has a non-zero entry (entries the forward never reads count too); the last Block keeps
-  the outputs with an in-edge, the others the outputs the next Block keeps as inputs.
+  ``block_sz``: a source node is kept if its column of the WHOLE effective weight has a non-zero
+  entry (entries the forward never reads count too); the last Block keeps the outputs with an
+  in-edge, the others the outputs the next Block keeps as inputs.
 * ``rule="transitive"`` (the static tiny model always; MobileNetV1Like on request): dead-code
   elimination from the classifier backwards over the edges the forward reads, so a node whose
   out-edges all end in dropped nodes is dropped too.
 
-Exact in every case (docs/faithfulness.md, "Where we differ"): a last-Block output that the classifier reads but that has
-no in-edge is 0 before the final BatchNorm, so it reaches the classifier as the constant
-relu(bn(0)); it is folded into the classifier's bias instead of being dropped. Outputs the
-classifier never reads (a zero column, e.g. with ``small: True``) are dropped.
+Exact in every case (docs/faithfulness.md, "Where we differ"): a last-Block output that the
+classifier reads but that has no in-edge is 0 before the final BatchNorm, so it reaches the
+classifier as the constant relu(bn(0)); it is folded into the classifier's bias instead of being
+dropped. Outputs the classifier never reads (a zero column, e.g. with ``small: True``) are dropped.
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ def plan_mobilenet(model: nn.Module, rule: str = "original") -> NetPlan:
     stem.weight = nn.Parameter(model.conv1.weight.detach()[keep_stem].clone())
     stem.out_channels = int(keep_stem.sum())
     scale, shift = _fold_bn(model.bn)
-    # a constant feature reaches the classifier as relu(bn(0)) = relu(shift) (docs/faithfulness.md, "Where we differ")
+    # a constant feature reaches the classifier as relu(bn(0)) = relu(shift)
     bias = head_b + head_w[:, constants] @ torch.relu(shift[constants])
     head = HeadPlan(
         "pool",
@@ -194,7 +195,8 @@ def plan_mobilenet(model: nn.Module, rule: str = "original") -> NetPlan:
 
 @torch.no_grad()
 def plan_static(model: nn.Module) -> NetPlan:
-    """Plan for a StaticNeuralGraph (docs/faithfulness.md, "The static tiny model"), with transitive removal.
+    """Plan for a StaticNeuralGraph (docs/faithfulness.md, "The static tiny model"), with
+    transitive removal.
 
     Node groups are the source layers; the targets of layer i are group i's nodes (their raw
     value is the sum of in-edges from earlier groups); the outputs are the last
