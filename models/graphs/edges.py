@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models.graphs import fastpath
+from models.graphs.products import keep_forms
 from models.graphs.selection import num_pruned, topk_mask
 
 __all__ = [
@@ -107,7 +108,8 @@ class Graph(nn.Conv2d):
             or len(cached[0]) != len(key)
             or any(a is not b if isinstance(a, Tensor) else a != b for a, b in zip(cached[0], key))
         ):
-            self._cache = cached = (key, self.compute_weight().detach())
+            # its sparse forms (products.py) are kept on it for as long as it is kept here
+            self._cache = cached = (key, keep_forms(self.compute_weight().detach()))
         return cached[1]
 
     def train(self, mode: bool = True) -> "Graph":

@@ -41,6 +41,7 @@ __all__ = [
     "summary",
     "on",
     "sparse_on",
+    "sparse_on_weight",
     "native_on",
     "fused_static_on",
     "numpy_selection",
@@ -127,6 +128,17 @@ def _cpu_float32(x: Tensor) -> bool:
 def sparse_on(x: Tensor) -> bool:
     """Graph products over kept edges (and the GroupNorm form of InstanceNorm) for ``x``."""
     return _STATE.enabled and _STATE.sparse and _cpu_float32(x)
+
+
+def sparse_on_weight(w: Tensor) -> bool:
+    """Sparse forms may be made of the graph weight ``w`` (float32 on the CPU, not traced)."""
+    return (
+        _STATE.enabled
+        and _STATE.sparse
+        and w.device.type == "cpu"
+        and w.dtype == torch.float32
+        and not compiling()
+    )
 
 
 def native_on(x: Tensor) -> bool:

@@ -10,7 +10,6 @@ dense product up to about 28 % of the entries nonzero.
 from __future__ import annotations
 
 import warnings
-import weakref
 
 import torch
 from torch import Tensor
@@ -20,6 +19,7 @@ from models.graphs import fastpath
 __all__ = [
     "SparseWeight",
     "sparse_weight",
+    "keep_forms",
     "graph_product",
     "SPARSE_MAX_DENSITY",
     "BLOCK_SAMPLES",
@@ -183,32 +183,30 @@ class SparseWeight:
         return self._products[key]
 
 
-# Without autograd (evaluation) the effective weight is cached by its Graph until it changes
-# (Graph.get_weight), so its sparse forms can be kept as long as that tensor lives: id(base
-# tensor) -> (weak reference to it, its version, {(offset, shape, strides): SparseWeight|None}).
-# An entry goes when its tensor is freed.
-_NO_GRAD_CACHE: dict = {}
+_FORMS = "_sparse_forms"
+
+
+def keep_forms(w: Tensor) -> Tensor:
+    """Mark ``w`` as an effective weight that does not change while it lives (a graph layer's
+    evaluation weight, kept by ``edges.Graph`` until its weight changes): the sparse forms made
+    of it, or of any view of it, are then kept on it and die with it. Returns ``w``."""
+    setattr(w, _FORMS, {})
+    return w
 
 
 def sparse_weight(w: Tensor, max_density: float | None = None) -> SparseWeight | None:
     """The CSR form of ``w`` if the sparse path pays for it (at most ``max_density`` of the
-    entries nonzero; default SPARSE_MAX_DENSITY), else None. Without autograd the answer is kept
-    for as long as ``w`` (or the tensor it views) lives unchanged."""
-    if not (fastpath.switches().enabled and fastpath.switches().sparse):
-        return None
-    if w.device.type != "cpu" or w.dtype != torch.float32 or fastpath.compiling():
+    entries nonzero; default SPARSE_MAX_DENSITY), else None. Without autograd, for a view of a
+    weight marked by ``keep_forms``, the answer is made once and kept on that weight."""
+    if not fastpath.sparse_on_weight(w):
         return None
     max_density = SPARSE_MAX_DENSITY if max_density is None else max_density
-    if torch.is_grad_enabled() or not fastpath.eval_cache_on():
-        return _make_sparse_weight(w, max_density)
     base = w if w._base is None else w._base
-    entry = _NO_GRAD_CACHE.get(id(base))
-    if entry is None or entry[0]() is not base or entry[1] != base._version:
-        key = id(base)
-        ref = weakref.ref(base, lambda _, key=key: _NO_GRAD_CACHE.pop(key, None))
-        entry = _NO_GRAD_CACHE[key] = (ref, base._version, {})
-    forms = entry[2]
-    key = (w.storage_offset(), tuple(w.shape), w.stride(), max_density)
+    forms = getattr(base, _FORMS, None)
+    if torch.is_grad_enabled() or forms is None:
+        return _make_sparse_weight(w, max_density)
+    # the base's version too: an in-place change of a kept weight must not reuse its forms
+    key = (w.storage_offset(), tuple(w.shape), w.stride(), max_density, base._version)
     if key not in forms:
         forms[key] = _make_sparse_weight(w, max_density)
     return forms[key]

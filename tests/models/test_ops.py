@@ -259,10 +259,12 @@ def test_fast_paths_can_be_switched_off():
     assert sparse_weight(w) is not None and fastpath.switches() == fastpath.Switches()
 
 
-def test_sparse_forms_are_kept_without_autograd_until_the_weight_changes():
+def test_sparse_forms_are_kept_on_a_kept_weight_until_it_changes():
     w = _sparse(40, 30, 0.05)
     x = torch.randn(2, 30, 4, 4)
     with torch.no_grad():
+        assert sparse_weight(w[:, :20]) is not sparse_weight(w[:, :20])  # not kept: made anew
+        products.keep_forms(w)
         first = sparse_weight(w[:, :20])
         assert sparse_weight(w[:, :20]) is first  # a new view of the same tensor: kept
         assert sparse_weight(w[:, 20:]) is not first  # another region: its own form
@@ -270,6 +272,23 @@ def test_sparse_forms_are_kept_without_autograd_until_the_weight_changes():
         assert sparse_weight(w[:, :20]) is not first
         _close(graph_conv(x, w), F.conv2d(x, w))
     assert sparse_weight(w) is not sparse_weight(w)  # with autograd: made every time
+
+
+def test_a_graph_keeps_its_eval_weight_and_forms_until_the_weight_changes():
+    torch.manual_seed(0)
+    model = api.build_model("apps/small_scale/discrete_time_dnw.yml").eval()
+    graph = model.graph
+    with torch.no_grad():
+        w = graph.get_weight()
+        assert graph.get_weight() is w and sparse_weight(w) is sparse_weight(w[:, :])
+        with fastpath.use(eval_cache=False):
+            assert graph.get_weight() is not w
+        graph.weight.mul_(0.5)  # an in-place change of the weight: a new effective weight
+        assert graph.get_weight() is not w
+        w = graph.get_weight()
+        graph.weight = torch.nn.Parameter(graph.weight.detach().clone())  # replaced
+        assert graph.get_weight() is not w
+    assert graph.get_weight() is not graph.get_weight()  # with autograd: computed every time
 
 
 def test_eval_forwards_reuse_sparse_forms_and_follow_weight_changes():
