@@ -60,6 +60,35 @@ def resume_command(argv: list[str]) -> str:
     return f"{shlex.quote(sys.executable)} {args}"
 
 
+def _one_line(e: BaseException) -> str:
+    """The error's message as one line. An error raised in a data-loading worker reaches us with
+    the worker's traceback in its message: its last line is the message."""
+    text = str(e).strip()
+    if "Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return " ".join(text.split())
+
+
+def _die_with_launcher() -> None:
+    """Under torchrun: ask the kernel for SIGTERM when the launcher dies (Linux), so that a
+    killed launcher never leaves its workers training; SIGTERM stops a run at the next step
+    with its position saved (genutil.resume). If the launcher is already gone, stop now."""
+    if "LOCAL_RANK" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv``; return the process exit code."""
     argv = sys.argv[1:] if argv is None else argv
@@ -67,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE + config_help())
         return 0
     rank = _rank()
+    _die_with_launcher()
     try:
         app, overrides = parse_argv(argv)
         cfg = load_config(app or "", overrides)
@@ -90,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except UserError as e:
         prefix = f"[rank {rank}] " if rank else ""
-        print(f"{prefix}error: {e}", file=sys.stderr)
+        print(f"{prefix}error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -22,7 +22,7 @@ import torch
 from torchvision import transforms
 
 from data._text import one_line
-from data.loaders import build_loaders
+from data.loaders import build_loaders, check_val_resize
 from data.tensor_dataset import TensorImageDataset
 from genutil.errors import ConfigError, DataError
 
@@ -159,6 +159,9 @@ class CIFAR10:
     scaling to [0, 1] and Normalize; validation only scales and normalises.
     """
 
+    # the config keys from_config reads beyond every run's (genutil.config.check_keys_used)
+    config_keys = frozenset({"download", "val_resize"})
+
     num_classes: int = _NUM_CLASSES
 
     def __init__(
@@ -175,7 +178,10 @@ class CIFAR10:
         pin_memory: bool = False,
         download: bool = True,
         distributed: bool = False,
+        train_subset: int = 0,
+        val_resize: int = 0,
     ) -> None:
+        check_val_resize("CIFAR-10", val_resize, image_size)
         if image_size != 32 or in_channels != 3:
             raise ConfigError(
                 f"CIFAR10 images are 32x32 RGB, got image_size={image_size} "
@@ -213,6 +219,7 @@ class CIFAR10:
             pin_memory=pin_memory,
             seed=seed,
             distributed=distributed,
+            train_subset=train_subset,
         )
 
     @classmethod
@@ -232,6 +239,8 @@ class CIFAR10:
             download=cfg.download,
             pin_memory=pin_memory,
             distributed=distributed,
+            train_subset=cfg.train_subset,
+            val_resize=cfg.val_resize,
         )
 
 

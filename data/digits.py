@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from data.loaders import build_loaders
+from data.loaders import build_loaders, check_val_resize
 from data.tensor_dataset import TensorImageDataset
 from genutil.errors import ConfigError
 
@@ -47,6 +47,9 @@ def digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tens
 class Digits:
     """The 8x8 digits as a train/val pair of in-memory datasets and their loaders."""
 
+    # the config keys from_config reads beyond every run's (genutil.config.check_keys_used)
+    config_keys = frozenset({"val_resize"})
+
     num_classes: int = _NUM_CLASSES
 
     def __init__(
@@ -63,8 +66,11 @@ class Digits:
         pin_memory: bool = False,
         download: bool = True,
         distributed: bool = False,
+        train_subset: int = 0,
+        val_resize: int = 0,
     ) -> None:
         del data_dir, download  # accepted for a uniform interface; the data ships with sklearn
+        check_val_resize("digits", val_resize, image_size)
         if image_size < 1 or in_channels < 1:
             raise ConfigError(
                 f"image_size={image_size}, in_channels={in_channels}: both must be positive"
@@ -90,6 +96,7 @@ class Digits:
             pin_memory=pin_memory,
             seed=seed,
             distributed=distributed,
+            train_subset=train_subset,
         )
 
     @classmethod
@@ -108,6 +115,8 @@ class Digits:
             seed=cfg.seed,
             pin_memory=pin_memory,
             distributed=distributed,
+            train_subset=cfg.train_subset,
+            val_resize=cfg.val_resize,
         )
 
 

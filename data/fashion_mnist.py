@@ -23,7 +23,7 @@ from torchvision import transforms
 
 from data._text import one_line
 from data.idx import read_idx
-from data.loaders import build_loaders
+from data.loaders import build_loaders, check_val_resize, subset_indices
 from data.tensor_dataset import RepeatChannels, TensorImageDataset
 from genutil.errors import ConfigError, DataError
 
@@ -127,6 +127,9 @@ class FashionMNIST:
     ``seed`` (the same images for the same seed on every machine).
     """
 
+    # the config keys from_config reads beyond every run's (genutil.config.check_keys_used)
+    config_keys = frozenset({"download", "val_resize"})
+
     num_classes: int = len(_CLASSES)
 
     def __init__(
@@ -144,24 +147,18 @@ class FashionMNIST:
         download: bool = True,
         distributed: bool = False,
         train_subset: int = 0,
+        val_resize: int = 0,
     ) -> None:
         if image_size < _SIDE:
             raise ConfigError(f"image_size={image_size} is below Fashion-MNIST's 28: set >= 28")
+        check_val_resize("Fashion-MNIST", val_resize, image_size)
         if train_subset < 0:
             raise ConfigError(f"train_subset={train_subset} is negative: set 0 (all) or a count")
         files = find_fashion_mnist(data_dir, download)
         train_images, train_labels = _read_split(files["train_images"], files["train_labels"])
         val_images, val_labels = _read_split(files["val_images"], files["val_labels"])
-        if train_subset:
-            if train_subset > len(train_labels):
-                raise DataError(
-                    f"train_subset={train_subset} exceeds the {len(train_labels)} training "
-                    f"images in {files['train_images'].parent}: set train_subset to at most that"
-                )
-            generator = torch.Generator()
-            generator.manual_seed(seed)
-            keep = torch.randperm(len(train_labels), generator=generator)[:train_subset]
-            keep = keep.sort().values
+        if train_subset:  # on the tensors: the same images as build_loaders would pick
+            keep = subset_indices(len(train_labels), train_subset, seed)
             train_images, train_labels = train_images[keep], train_labels[keep]
         logger.info(
             "Fashion-MNIST from %s: %d train, %d val images",
@@ -216,6 +213,7 @@ class FashionMNIST:
             train_subset=cfg.train_subset,
             pin_memory=pin_memory,
             distributed=distributed,
+            val_resize=cfg.val_resize,
         )
 
 

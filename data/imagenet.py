@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from torchvision import datasets, transforms
 
 from data._text import one_line
@@ -35,12 +36,25 @@ def _layout_hint(root: Path) -> str:
     )
 
 
+def load_image(path: str) -> Image.Image:
+    """An RGB image, or a DataError naming the file that is not one (a truncated download, a
+    file that only has an image's name): one line for the user, mid-epoch too."""
+    try:
+        with open(path, "rb") as fh:
+            image = Image.open(fh)
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(
+            f"{path} is not a readable image ({one_line(exc)}): remove or replace the file"
+        ) from None
+
+
 def open_image_folder(folder: Path, root: Path, transform: Any) -> datasets.ImageFolder:
     """``ImageFolder(folder)``, or DataError with the expected layout if it is missing or empty."""
     if not folder.is_dir():
         raise DataError(f"ImageNet folder not found: {folder}: {_layout_hint(root)}")
     try:
-        return datasets.ImageFolder(str(folder), transform=transform)
+        return datasets.ImageFolder(str(folder), transform=transform, loader=load_image)
     except (FileNotFoundError, RuntimeError) as exc:  # no class folders, or a class with no images
         raise DataError(
             f"ImageNet folder {folder} is unusable ({one_line(exc)}): {_layout_hint(root)}"
@@ -51,8 +65,12 @@ class ImageNet:
     """ImageNet train and val sets (folders named by class; labels are the sorted folder order).
 
     Train: RandomResizedCrop(image_size), RandomHorizontalFlip, ToTensor, Normalize.
-    Val: Resize(int(image_size / 0.875)), CenterCrop(image_size), ToTensor, Normalize.
+    Val: Resize(val_resize, default int(image_size / 0.875)), CenterCrop(image_size), ToTensor,
+    Normalize.
     """
+
+    # the config keys from_config reads beyond every run's (genutil.config.check_keys_used)
+    config_keys = frozenset({"val_resize"})
 
     def __init__(
         self,
@@ -68,6 +86,8 @@ class ImageNet:
         pin_memory: bool = False,
         download: bool = True,
         distributed: bool = False,
+        train_subset: int = 0,
+        val_resize: int = 0,
     ) -> None:
         if in_channels != 3:
             raise ConfigError(f"ImageNet images are RGB, got in_channels={in_channels}: set 3")
@@ -84,7 +104,7 @@ class ImageNet:
         )
         val_transform = transforms.Compose(
             [
-                transforms.Resize(int(image_size / _CROP_FRACTION)),
+                transforms.Resize(val_resize or int(image_size / _CROP_FRACTION)),
                 transforms.CenterCrop(image_size),
                 transforms.ToTensor(),
                 normalize,
@@ -120,6 +140,7 @@ class ImageNet:
             pin_memory=pin_memory,
             seed=seed,
             distributed=distributed,
+            train_subset=train_subset,
         )
 
     @classmethod
@@ -138,4 +159,6 @@ class ImageNet:
             seed=cfg.seed,
             pin_memory=pin_memory,
             distributed=distributed,
+            train_subset=cfg.train_subset,
+            val_resize=cfg.val_resize,
         )

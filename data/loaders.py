@@ -27,7 +27,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 __all__ = [
     "EpochShuffleSampler",
@@ -37,6 +37,8 @@ __all__ = [
     "epoch_seed",
     "build_loaders",
     "set_epoch",
+    "subset_indices",
+    "check_val_resize",
 ]
 
 logger = logging.getLogger(__name__)
@@ -185,6 +187,34 @@ def build_loader(
     return loader
 
 
+def subset_indices(num_samples: int, train_subset: int, seed: int) -> torch.Tensor:
+    """The ``train_subset`` training images a run uses (config key ``train_subset``), in order:
+    the first of a permutation drawn from a generator seeded with ``seed``, so the same seed
+    picks the same images on every machine. A DataError if there are fewer images."""
+    from genutil.errors import DataError  # noqa: PLC0415
+
+    if train_subset > num_samples:
+        raise DataError(
+            f"train_subset={train_subset} exceeds the {num_samples} training images: set "
+            "train_subset to at most that (0: all)"
+        )
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return torch.randperm(num_samples, generator=generator)[:train_subset].sort().values
+
+
+def check_val_resize(name: str, val_resize: int, image_size: int) -> None:
+    """Datasets that evaluate at ``image_size`` without a resize accept ``val_resize`` only as 0
+    or ``image_size`` (the authors' files set it to the image size)."""
+    from genutil.errors import ConfigError  # noqa: PLC0415
+
+    if val_resize not in (0, image_size):
+        raise ConfigError(
+            f"val_resize={val_resize}: {name} evaluates at image_size={image_size} without a "
+            f"resize: remove val_resize (or set it to {image_size})"
+        )
+
+
 def build_loaders(
     train: Dataset,
     val: Dataset,
@@ -196,8 +226,12 @@ def build_loaders(
     seed: int,
     distributed: bool = False,
     persistent_workers: bool = False,
+    train_subset: int = 0,
 ) -> tuple[SeededLoader, SeededLoader]:
-    """The (shuffled train, in-order val) pair every dataset class hands the trainer."""
+    """The (shuffled train, in-order val) pair every dataset class hands the trainer.
+    ``train_subset > 0`` trains on that many images (``subset_indices``)."""
+    if train_subset:
+        train = Subset(train, subset_indices(len(train), train_subset, seed).tolist())
     common = dict(
         workers=workers,
         pin_memory=pin_memory,

@@ -20,10 +20,10 @@ import torch
 import torch.nn as nn
 
 from genutil.checkpoint import load_model_state, model_state, read_checkpoint
-from genutil.config import Config, load_config
-from genutil.errors import ConfigError
+from genutil.config import Config, config_from_dict, load_config
+from genutil.errors import CheckpointError, ConfigError
 from genutil.registry import resolve
-from models.contract import WiredNetwork, unwrap
+from models.contract import WiredNetwork, graph_layers, unwrap
 
 __all__ = [
     "build_model",
@@ -52,12 +52,48 @@ def build_model(app_path: str, **overrides: Any) -> nn.Module:
     return model_from_config(load_config(app_path, overrides))
 
 
-def load_checkpoint(model: nn.Module, path: str) -> dict:
+def load_checkpoint(model: nn.Module, path: str, *, allow_config_change: bool = False) -> dict:
     """Load weights from one of our checkpoints or an original one (with or without the
-    ``module.`` prefix), safely; return the rest of the file (epoch, optimizer, ...)."""
+    ``module.`` prefix), safely; return the rest of the file (epoch, optimizer, ...).
+
+    Our checkpoints store the config they were trained with: a model whose class, edge types or
+    prune rates differ from what that config builds is refused (CheckpointError naming the
+    checkpoint's values), since its outputs would not be the checkpoint's;
+    ``allow_config_change=True`` loads the weights anyway (fine-tuning into another wiring).
+    """
     ckpt = read_checkpoint(path)
-    load_model_state(unwrap(model), model_state(ckpt), source=f"checkpoint {path}")
+    net = unwrap(model)
+    if not allow_config_change and isinstance(ckpt.get("config"), dict):
+        _check_wiring(net, config_from_dict(ckpt["config"]), path)
+    load_model_state(net, model_state(ckpt), source=f"checkpoint {path}")
     return {k: v for k, v in ckpt.items() if k != "model"}
+
+
+def _wiring(net: nn.Module) -> list[tuple[str, str, float]]:
+    return [(g.name, type(g.module).__name__, g.module.prune_rate) for g in graph_layers(net)]
+
+
+def _check_wiring(net: nn.Module, cfg: Config, path: str) -> None:
+    """``net`` against the model the checkpoint's config builds (class, edge types, rates)."""
+    try:
+        with torch.random.fork_rng(devices=[]):  # a random wiring's draw leaves no trace
+            reference = model_from_config(cfg)
+    except (ConfigError, ImportError):  # its model cannot be built here: shapes will tell
+        return
+    if type(reference) is not type(net):
+        raise CheckpointError(
+            f"checkpoint {path} holds a {type(reference).__name__} ({cfg.model}), this model is "
+            f"a {type(net).__name__}: build the model the checkpoint was trained with"
+        )
+    for mine, theirs in zip(_wiring(net), _wiring(reference)):
+        if mine != theirs:
+            raise CheckpointError(
+                f"checkpoint {path} was trained with graph {cfg.graph!r} and prune_rate "
+                f"{cfg.prune_rate}, which give its layer '{theirs[0]}' {theirs[1]} edges at prune "
+                f"rate {theirs[2]:g}; this model's are {mine[1]} at {mine[2]:g}: build the model "
+                f"with the checkpoint's settings (build_model(app, graph={cfg.graph!r}, "
+                f"prune_rate={cfg.prune_rate})) or pass allow_config_change=True"
+            )
 
 
 def _network(model: nn.Module) -> WiredNetwork:

@@ -21,6 +21,7 @@ import os
 import pickle
 import random
 import re
+import socket
 import uuid
 import warnings
 from typing import Any, Optional
@@ -92,8 +93,14 @@ def _fsync_dir(folder: str) -> None:
 
 def _temp_path(path: str) -> str:
     # Hidden, unique, never ending in ".pt": a kill mid-write leaves a name no loader picks up.
+    # The writer's pid and host are in the name, so that only temps of dead writers are removed.
     folder, name = os.path.split(os.path.abspath(path))
-    return os.path.join(folder, f".tmp_{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    return os.path.join(
+        folder, f".tmp_{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.{socket.gethostname()}"
+    )
+
+
+_TEMP = re.compile(r"^\.tmp_.+\.pt\.(\d+)\.[0-9a-f]{8}(?:\.(.+))?$")
 
 
 def save_checkpoint(path: str, payload: dict) -> None:
@@ -120,13 +127,24 @@ def save_checkpoint(path: str, payload: dict) -> None:
 
 
 def remove_stale_temps(folder: str) -> list[str]:
-    """Delete temp files that a killed save left in ``folder``; return their names."""
+    """Delete the temp files that killed saves left in ``folder``: those whose writer (pid and
+    host in the name) no longer runs on this machine; a live writer's, or another machine's,
+    are left alone. Return the names deleted."""
+    from genutil.runlock import pid_alive  # noqa: PLC0415
+
     if not os.path.isdir(folder):
         return []
-    stale = [f for f in os.listdir(folder) if f.startswith(".tmp_") and ".pt." in f]
-    for name in stale:
+    stale = []
+    for name in os.listdir(folder):
+        found = _TEMP.match(name)
+        if not found:
+            continue
+        pid, host = int(found.group(1)), found.group(2)
+        if (host or socket.gethostname()) != socket.gethostname() or pid_alive(pid):
+            continue
         with contextlib.suppress(OSError):
             os.unlink(os.path.join(folder, name))
+            stale.append(name)
     return stale
 
 

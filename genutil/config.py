@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
@@ -22,7 +23,17 @@ import yaml
 
 from genutil.errors import ConfigError
 
-__all__ = ["Config", "parse_argv", "parse_value", "load_config", "run_title", "config_help"]
+__all__ = [
+    "Config",
+    "NOT_IN_TITLE",
+    "parse_argv",
+    "parse_value",
+    "load_config",
+    "run_title",
+    "config_help",
+    "config_from_dict",
+    "check_keys_used",
+]
 
 
 def _schedules() -> tuple[str, ...]:
@@ -63,7 +74,11 @@ class Config:
     test_batch_size: int = _f(0, "evaluation batch size; 0 means batch_size")
     workers: int = _f(4, "data-loading worker processes")
     image_size: int = _f(32, "input image side in pixels")
-    val_resize: int = _f(32, "resize before the centre crop at evaluation (kept for the ymls)")
+    val_resize: int = _f(
+        0,
+        "ImageNet evaluation: resize the short side to this before the centre crop (0: "
+        "image_size / 0.875); the other datasets evaluate at image_size",
+    )
     in_channels: int = _f(3, "input image channels")
     output_size: int = _f(10, "number of classes")
     train_subset: int = _f(0, "train on a random subset of this many images (0: all)")
@@ -89,7 +104,10 @@ class Config:
         ("static", "discrete_time", "continuous"),
     )
     prune_rate: float = _f(0.0, "fraction of edges removed, in [0, 1)")
-    prune: bool = _f(False, "kept for the original ymls (no effect)")
+    prune: bool = _f(
+        True,
+        "the original's flag, which changes nothing: graphs prune to prune_rate (False: refused)",
+    )
     dim: int = _f(800, "tiny classifiers: number of nodes")
     downsample_dim: int = _f(32, "tiny classifiers: channels out of the stem")
     feature_dim: int = _f(100, "tiny classifiers: output nodes read by the classifier")
@@ -105,7 +123,17 @@ class Config:
     use_graph: str = _f("", "fine_tune: checkpoint whose wiring (and weights) to start from")
     use_init: str = _f("", "fine_tune: checkpoint whose weights to start from (lottery ticket)")
     # run control
-    resume: str = _f("", "checkpoint to continue from ('auto': the latest of this run)")
+    resume: str = _f("", "checkpoint to continue from ('auto': the newest of this run)")
+    overwrite: bool = _f(
+        False,
+        "replace outputs that exist: a fresh run's own folders, --export's file (never the "
+        "checkpoint being read)",
+    )
+    override_checkpoint: bool = _f(
+        False,
+        "use the command line's model and wiring keys where a checkpoint's stored config differs "
+        "(e.g. fine-tune at another prune_rate); without it such a difference is refused",
+    )
     evaluate: bool = _f(False, "only evaluate (with --resume)")
     save_dir: str = _f("./checkpoints", "checkpoint root; the run's files go to save_dir/title")
     log_dir: str = _f("./runs", "TensorBoard root; the run's events go to log_dir/title")
@@ -139,23 +167,47 @@ class Config:
         "CPU: the tiny models' node ops (norm, ReLU, depthwise) and static graph as C kernels, "
         "built once with the system C compiler (models/graphs/native); off: torch ops, same math",
     )
+    # not keys: the keys the experiment file and the command line set, and the command line's
+    # alone (load_config)
+    set_keys: tuple = field(default=(), metadata={"help": "", "internal": True})
+    cli_keys: tuple = field(default=(), metadata={"help": "", "internal": True})
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_FIELDS = {f.name: f for f in dataclasses.fields(Config) if not f.metadata.get("internal")}
 _MAX_TITLE = 160
 _BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False}
-# Keys that select where/how a run executes, not what it is: not part of its title.
-_NOT_IN_TITLE = (
+# A run's identity is its title: the experiment file and the overrides that change what is
+# trained. Keys that say where or how a run executes, what a command does with it, or how long it
+# trains (num_epochs: a finished run is extended by --resume auto --num_epochs N) are left out,
+# so they never change where a run lives, and may differ when a run is resumed (the changes are
+# printed then). docs/checkpoints.md, "A run's identity".
+NOT_IN_TITLE = (
     "gpus",
     "data_dir",
     "save_dir",
     "log_dir",
     "resume",
+    "evaluate",
+    "fast_eval",
+    "use_dgl",
+    "graph_backend",
+    "export",
+    "skip_profiling",
+    "num_epochs",
+    "test_batch_size",
+    "topk",
+    "workers",
     "progress",
-    "keep_freed_memory",
     "persistent_workers",
+    "keep_freed_memory",
     "native_kernels",
     "fast_paths",
+    "amp",
+    "compile",
+    "channels_last",
+    "download",
+    "overwrite",
+    "override_checkpoint",
 )
 
 
@@ -180,6 +232,8 @@ def parse_argv(argv: list[str]) -> tuple[Optional[str], dict[str, Any]]:
     rest = list(argv)
     if rest and rest[0].startswith("app:"):
         app = rest.pop(0)[4:]
+    # --key=value is --key value (one value; the value may contain '=')
+    rest = [part for t in rest for part in (t.split("=", 1) if _is_key(t) and "=" in t else [t])]
     overrides: dict[str, Any] = {}
     i = 0
     while i < len(rest):
@@ -246,6 +300,8 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
             except ValueError:
                 raise bad("a number") from None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(float(value)):
+                raise bad("a finite number")
             return float(value)
         raise bad("a number")
     if isinstance(default, list):
@@ -268,8 +324,12 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
 def _validate(cfg: Config) -> None:
     checks = [
         (0 <= cfg.prune_rate < 1, "prune_rate", "a number in [0, 1)"),
-        (cfg.batch_size > 0, "batch_size", "a positive integer"),
-        (cfg.test_batch_size >= 0, "test_batch_size", "0 or a positive integer"),
+        (0 < cfg.batch_size < 2**31, "batch_size", "a positive integer below 2**31"),
+        (
+            0 <= cfg.test_batch_size < 2**31,
+            "test_batch_size",
+            "0 or a positive integer below 2**31",
+        ),
         (cfg.num_epochs > 0, "num_epochs", "a positive integer"),
         (cfg.workers >= 0, "workers", "0 or more"),
         (cfg.lr > 0, "lr", "a positive number"),
@@ -279,6 +339,15 @@ def _validate(cfg: Config) -> None:
         (cfg.momentum >= 0, "momentum", "0 or more"),
         (cfg.weight_decay >= 0, "weight_decay", "0 or more"),
         (cfg.train_subset >= 0, "train_subset", "0 (all) or a positive integer"),
+        (0 <= cfg.seed < 2**32, "seed", "an integer from 0 to 2**32 - 1 (numpy's range)"),
+        (cfg.weight_decay < 1, "weight_decay", "a number below 1 (e.g. 1e-4)"),
+        (cfg.momentum < 1, "momentum", "a number in [0, 1)"),
+        (cfg.val_resize >= 0, "val_resize", "0 (image_size / 0.875) or a positive integer"),
+        (
+            cfg.prune,
+            "prune",
+            "True: the original's flag changes nothing; for every edge set prune_rate 0 instead",
+        ),
     ]
     for ok, name, expect in checks:
         if not ok:
@@ -287,6 +356,25 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(
             f"topk={cfg.topk} asks for more classes than output_size={cfg.output_size}: lower topk"
         )
+
+
+class _DuplicateKey(Exception):
+    """(key, first line, second line) of a key a YAML mapping holds twice."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that holds a key twice (PyYAML keeps the last
+    value silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(key, seen[key], line)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def _read_yaml(path: str) -> dict:
@@ -298,7 +386,12 @@ def _read_yaml(path: str) -> dict:
         raise ConfigError(f"experiment file {path} is a directory: name a .yml file in it")
     try:
         with open(path) as fh:
-            content = yaml.safe_load(fh)
+            content = yaml.load(fh, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except _DuplicateKey as e:
+        raise ConfigError(
+            f"experiment file {path} sets '{e.args[0]}' twice (lines {e.args[1]} and "
+            f"{e.args[2]}): keep one"
+        ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -332,11 +425,113 @@ def load_config(app_path: str, overrides: Optional[dict[str, Any]] = None) -> Co
             raise ConfigError(
                 f"{app_path} has no '{required}:' entry: add {required}: <module.path:ClassName>"
             )
+    set_keys = tuple(values)
+    cli_keys = tuple(str(k).replace("-", "_") for k in (overrides or {}))
     if not values.get("test_batch_size"):  # 0 or absent: evaluate at the training batch size
         values["test_batch_size"] = values.get("batch_size", _FIELDS["batch_size"].default)
-    cfg = Config(**values)
+    cfg = Config(**values, set_keys=set_keys, cli_keys=cli_keys)
     _validate(cfg)
     return cfg
+
+
+def config_from_dict(values: dict) -> Config:
+    """The Config stored in a checkpoint (``dataclasses.asdict``), read back: keys this version
+    does not know are dropped, missing ones take their defaults. No validation: it describes a
+    run that happened."""
+    names = {f.name for f in dataclasses.fields(Config)}
+    kept = {k: v for k, v in values.items() if k in names}
+    for key in ("multistep_lr_milestones", "topk", "gpus", "set_keys"):
+        if isinstance(kept.get(key), (list, tuple)):
+            kept[key] = list(kept[key]) if key != "set_keys" else tuple(kept[key])
+    return Config(**kept)
+
+
+# Keys every experiment's run reads, whatever its model and data. The others act only for some
+# experiments: the model and data classes say which they read (``config_keys``), and a few only
+# with a given value of another key (below).
+_RUN_KEYS = frozenset(
+    {
+        "model", "data", "data_dir", "batch_size", "test_batch_size", "workers", "lr",
+        "lr_scheduler", "optimizer", "momentum", "weight_decay", "nestorov", "num_epochs",
+        "topk", "seed", "resume", "evaluate", "save_dir", "log_dir", "skip_profiling", "gpus",
+        "amp", "compile", "channels_last", "progress", "persistent_workers",
+        "keep_freed_memory", "native_kernels", "fast_paths", "overwrite",
+        "override_checkpoint", "train_subset", "image_size", "in_channels", "output_size",
+        "prune", "fast_eval", "use_dgl", "graph_backend", "export",
+    }
+)  # fmt: skip
+_ONLY_WITH = {  # key: (the other key, its values with which the key acts)
+    "multistep_lr_milestones": ("lr_scheduler", ("multistep",)),
+    "multistep_lr_gamma": ("lr_scheduler", ("multistep",)),
+    "exp_decaying_lr_gamma": ("lr_scheduler", ("exp_decaying",)),
+    "use_graph": ("graph", ("fine_tune",)),
+    "use_init": ("graph", ("fine_tune",)),
+    "rho": ("graph", ("td", "reg_td")),
+    "td_abs": ("graph", ("td", "reg_td")),
+}
+
+
+def check_keys_used(cfg: Config, model_cls: Any, data_cls: Any) -> list[str]:
+    """Refuse, with one line, a key set in the experiment file or on the command line that this
+    experiment does not read. A class that reads config keys says which: ``config_keys(cfg)``
+    (a set of names; absent: not checked) and ``inert_keys`` ({key: value} that the authors'
+    files set without effect, accepted at exactly that value so that their files run).
+
+    One case is said, not refused: a key of the experiment file that only acts with a value of
+    another key that the command line changed (the file's multistep milestones under
+    ``--lr_scheduler cosine``). Returns those notes."""
+    notes = []
+    read, inert = set(_RUN_KEYS), {}
+    checked = True
+    for cls in (model_cls, data_cls):
+        keys = getattr(cls, "config_keys", None)
+        if keys is None:
+            checked = False
+            continue
+        read |= set(keys(cfg) if callable(keys) else keys)
+        inert.update(getattr(cls, "inert_keys", {}))
+    if "setting" in cfg.set_keys and getattr(model_cls, "setting", None) != cfg.setting:
+        runs = getattr(model_cls, "setting", None)
+        fix = f"set setting: {runs}" if runs else "remove setting"
+        raise ConfigError(
+            f"setting: {cfg.setting}, but {model_cls.__name__} runs "
+            f"{f'the {runs} setting' if runs else 'no wiring setting'}: {fix}"
+        )
+    for key in cfg.set_keys:
+        other = _ONLY_WITH.get(key)
+        if other is not None:
+            name, values = other
+            if (
+                getattr(cfg, name) not in values
+                and key not in cfg.cli_keys
+                and name in cfg.cli_keys
+            ):
+                notes.append(
+                    f"note: {key} of the experiment file acts only with {name} "
+                    f"{' or '.join(values)}; under --{name} {getattr(cfg, name)} it does nothing"
+                )
+                continue
+            if getattr(cfg, name) not in values:
+                raise ConfigError(
+                    f"{key} acts only with {name} {' or '.join(values)} (this experiment has "
+                    f"{name} {getattr(cfg, name)}): remove {key}"
+                )
+            continue
+        if not checked or key in read:
+            continue
+        if key in inert and getattr(cfg, key) == inert[key]:
+            continue
+        users = " and ".join(c.__name__ for c in (model_cls, data_cls))
+        value = (
+            f" (the authors' files set {inert[key]!r}, which changes nothing)"
+            if key in inert
+            else ""
+        )
+        raise ConfigError(
+            f"{key} is not read by {users}{value}: remove {key} from the experiment file or "
+            "the command line"
+        )
+    return notes
 
 
 def run_title(app_path: str, overrides: Optional[dict[str, Any]] = None) -> str:
@@ -346,7 +541,7 @@ def run_title(app_path: str, overrides: Optional[dict[str, Any]] = None) -> str:
     parts = [f"base={name}"]
     for key, value in (overrides or {}).items():
         key = key.replace("-", "_")
-        if key in _NOT_IN_TITLE:
+        if key in NOT_IN_TITLE:
             continue
         parts.append(f"{key}={str(value).replace(' ', '')}")
     title = "_".join(parts).replace("/", ".")
@@ -359,7 +554,7 @@ def run_title(app_path: str, overrides: Optional[dict[str, Any]] = None) -> str:
 def config_help() -> str:
     """One line per key: name, default, help (for ``main.py --help``)."""
     lines = []
-    for f in dataclasses.fields(Config):
+    for f in _FIELDS.values():
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         choices = _choices(f)
         extra = f" [{' | '.join(map(str, choices))}]" if choices else ""

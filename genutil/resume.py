@@ -28,11 +28,12 @@ from genutil.checkpoint import (
     FORMAT_VERSION,
     load_model_state,
     model_state,
+    read_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from genutil.config import Config
+from genutil.config import Config, config_from_dict
 from genutil.distributed import DistInfo
 from genutil.errors import CheckpointError, ConfigError
 from genutil.trainer import TrainState
@@ -40,8 +41,12 @@ from models.contract import unwrap
 
 __all__ = [
     "CheckpointHook",
+    "MODEL_KEYS",
     "resume_path",
+    "run_checkpoints",
     "check_fresh",
+    "check_resume_target",
+    "compare_config",
     "restore",
     "restore_rng",
     "stop_on_signals",
@@ -103,7 +108,14 @@ class CheckpointHook:
         payload = self.payload(state, last_epoch)  # every rank: the RNG gather is collective
         if distributed.is_primary():
             for name in names:
-                save_checkpoint(os.path.join(self.folder, name), payload)
+                path = os.path.join(self.folder, name)
+                try:
+                    save_checkpoint(path, payload)
+                except OSError as e:
+                    raise CheckpointError(
+                        f"could not write {path} ({e.strerror or e}): free space or fix the "
+                        "folder, then --resume auto; the checkpoints written before are intact"
+                    ) from None
 
     def on_fit_start(self, state: TrainState) -> None:
         if state.epoch == 0 and state.step == 0:
@@ -121,21 +133,127 @@ class CheckpointHook:
         return os.path.join(self.folder, "last.pt")
 
 
-def resume_path(cfg: Config, folder: str) -> Optional[str]:
-    """The checkpoint to continue from: ``--resume <file>``, or with ``auto`` the run's
-    ``last.pt`` if there is one (None: start fresh)."""
+# Keys that change the model or its wiring: a checkpoint trained with other values does not give
+# its results under these (``compare_config``). The others are training keys: printed if changed.
+MODEL_KEYS = (
+    "model", "graph", "prune_rate", "dim", "downsample_dim", "feature_dim", "layers", "setting",
+    "small", "width_mult", "image_size", "in_channels", "output_size", "rho", "td_abs",
+    "ode_inplace_relu",
+)  # fmt: skip
+_TRAINING_KEYS = (
+    "data", "batch_size", "lr", "lr_scheduler", "multistep_lr_milestones", "multistep_lr_gamma",
+    "exp_decaying_lr_gamma", "momentum", "weight_decay", "nestorov", "num_epochs", "seed",
+    "train_subset", "amp",
+)  # fmt: skip
+
+
+def _position(ckpt: dict) -> tuple:
+    """How far a checkpoint of a run is: (next epoch, batches of it, steps)."""
+    try:
+        last = int(ckpt.get("last_epoch", -1))
+        return (
+            int(ckpt.get("epoch", last + 1)),
+            int(ckpt.get("batch", 0)),
+            int(ckpt.get("step", ckpt.get("iter", 0))),
+        )
+    except (TypeError, ValueError):
+        return (-1, 0, 0)
+
+
+def run_checkpoints(folder: str) -> list[str]:
+    """The checkpoint files of a run's folder (``*.pt``, not the hidden temps), sorted."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted(n for n in os.listdir(folder) if n.endswith(".pt") and not n.startswith("."))
+
+
+def resume_path(cfg: Config, folder: str, write: Callable[[str], None] = print) -> Optional[str]:
+    """The checkpoint to continue from: ``--resume <file>``; with ``auto`` the run's newest
+    readable checkpoint (``last.pt``, else the furthest of the others), None if the folder holds
+    none (a fresh start), a one-line CheckpointError if it holds only unreadable ones."""
     if cfg.resume != "auto":
         return cfg.resume or None
+    names = run_checkpoints(folder)
+    if not names:
+        return None
     last = os.path.join(folder, "last.pt")
-    return last if os.path.exists(last) else None
+    if "last.pt" in names:
+        try:
+            read_checkpoint(last)
+            return last
+        except CheckpointError as e:
+            write(f"=> {last} is unreadable ({e}); looking for the newest other checkpoint")
+    best, best_position, unreadable = None, None, []
+    for name in names:
+        if name == "last.pt":
+            continue
+        path = os.path.join(folder, name)
+        try:
+            position = _position(read_checkpoint(path))
+        except CheckpointError:
+            unreadable.append(name)
+            continue
+        if best_position is None or position > best_position:
+            best, best_position = path, position
+    if best is None:
+        raise CheckpointError(
+            f"{folder} holds no readable checkpoint ({', '.join(names)} unreadable): nothing was "
+            "started over them; move the folder away to start fresh"
+        )
+    why = "is missing" if "last.pt" not in names else "is unreadable"
+    write(
+        f"=> {last} {why}: resuming from the newest readable checkpoint {best} (epoch "
+        f"{best_position[0]}, step {best_position[2]})"
+    )
+    return best
 
 
-def check_fresh(folder: str) -> None:
-    """Refuse to start a run over the checkpoints of an earlier run of the same title."""
-    if os.path.isdir(folder) and any(f.endswith(".pt") for f in os.listdir(folder)):
+def check_fresh(folder: str, overwrite: bool = False) -> None:
+    """Refuse to start a run over the checkpoints of an earlier run of the same title (unless
+    ``overwrite``: the caller clears the folder once it holds the run's lock)."""
+    if run_checkpoints(folder) and not overwrite:
         raise ConfigError(
             f"{folder} already holds checkpoints of this run: continue it with --resume auto, "
-            "or pick another --save_dir (nothing was overwritten)"
+            "replace it with --overwrite, or pick another --save_dir (nothing was overwritten)"
+        )
+
+
+def check_resume_target(path: str, folder: str) -> None:
+    """Training from ``--resume <file>`` writes into ``folder``: refuse when that folder holds
+    checkpoints of another run (the file is not one of them), which the new run would replace."""
+    if not run_checkpoints(folder):
+        return
+    if os.path.realpath(os.path.dirname(os.path.abspath(path))) != os.path.realpath(folder):
+        raise ConfigError(
+            f"{folder} holds checkpoints of another run, which continuing {path} there would "
+            "replace: resume that run's own checkpoint, or give this one its own --save_dir"
+        )
+
+
+def compare_config(ckpt: dict, path: str, cfg: Config, write: Callable[[str], None]) -> None:
+    """The checkpoint's settings win or the user is told: a model or wiring key that differs
+    from the checkpoint's stored config is refused (``override_checkpoint`` allows it); changed
+    training keys are printed. The original's files carry no config: said once."""
+    stored = ckpt.get("config")
+    if not isinstance(stored, dict):
+        write(f"=> {path} carries no config (the original's format): the model's settings are "
+              "taken from the experiment file")  # fmt: skip
+        return
+    then = config_from_dict(stored)
+    model_changes = [k for k in MODEL_KEYS if getattr(then, k) != getattr(cfg, k)]
+    if model_changes and not cfg.override_checkpoint:
+        key = model_changes[0]
+        more = f" (and {', '.join(model_changes[1:])})" if len(model_changes) > 1 else ""
+        raise ConfigError(
+            f"checkpoint {path} was trained with {key} {getattr(then, key)!r}, this command has "
+            f"{getattr(cfg, key)!r}{more}: use the experiment file and keys it was trained with, "
+            f"or add --override_checkpoint to use {key} {getattr(cfg, key)!r} anyway"
+        )
+    changes = [k for k in _TRAINING_KEYS if getattr(then, k) != getattr(cfg, k)] + model_changes
+    if changes:
+        write(
+            f"=> changed since {os.path.basename(path)}: "
+            + ", ".join(f"{k} {getattr(then, k)!r} -> {getattr(cfg, k)!r}" for k in changes)
         )
 
 
@@ -174,6 +292,21 @@ def restore(
                 f"optimizer state of {path} does not fit ({e}): "
                 "resume with the experiment file it was trained with"
             ) from None
+        _check_optimizer_state(optimizer, path)
+
+
+def _check_optimizer_state(optimizer: torch.optim.Optimizer, path: str) -> None:
+    """Every per-parameter buffer (SGD's momentum) has its parameter's shape: a hand-edited or
+    foreign optimizer state would otherwise fail inside the first step."""
+    for group in optimizer.param_groups:
+        for i, param in enumerate(group["params"]):
+            for name, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
+                    raise CheckpointError(
+                        f"optimizer state of {path} does not fit: its {name} for parameter {i} "
+                        f"is {tuple(value.shape)}, the parameter {tuple(param.shape)}: use an "
+                        "intact checkpoint"
+                    )
 
 
 def restore_rng(ckpt: dict, path: str, info: DistInfo, steps_per_epoch: int) -> None:

@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import os
 import random
+import shutil
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -29,20 +30,24 @@ import torch.nn as nn
 
 from genutil import api, distributed
 from genutil.checkpoint import load_model_state, model_state, read_checkpoint, remove_stale_temps
-from genutil.config import Config
+from genutil.config import Config, check_keys_used
 from genutil.distributed import DistInfo
-from genutil.errors import ConfigError
+from genutil.errors import ConfigError, DataError, UserError
 from genutil.log import ConsoleHook, ProgressHook, TensorBoardHook
 from genutil.profiling import describe, profile
 from genutil.registry import resolve
 from genutil.resume import (
     CheckpointHook,
     check_fresh,
+    check_resume_target,
+    compare_config,
     restore,
     restore_rng,
     resume_path,
+    run_checkpoints,
     stop_on_signals,
 )
+from genutil.runlock import LOCK_NAME, RunLock
 from genutil.schedules import Schedule
 from genutil.trainer import DivergenceError, TrainState, fit
 from genutil.trainer import evaluate as evaluate_loop
@@ -129,6 +134,7 @@ class Job:
     resume: Optional[str]  # the checkpoint continued from, if any
     data: Any = None  # .train_loader, .val_loader (None: a finished run, nothing to load)
     net: Optional[nn.Module] = None
+    lock: Optional[RunLock] = None  # held while training (rank 0)
 
     @property
     def finished(self) -> bool:
@@ -145,6 +151,31 @@ def _check_mode(cfg: Config) -> None:
     if cfg.evaluate and not cfg.fast_eval and (backend != "dense" or cfg.export):
         what = "--export" if cfg.export else f"graph_backend {backend}"
         raise ConfigError(f"{what} applies to the shrunk model: add --fast_eval")
+    if cfg.overwrite and cfg.resume and not cfg.evaluate:
+        raise ConfigError(
+            "--overwrite replaces a fresh run's folder, --resume continues one: drop one of them"
+        )
+
+
+def _check_output_file(key: str, path: str, overwrite: bool, read: Optional[str]) -> None:
+    """A file a command will write (``--export``): not a folder, never the checkpoint being
+    read, not an existing file unless ``overwrite``, in a folder that can be written."""
+    target = os.path.abspath(path)
+    if os.path.isdir(target):
+        raise ConfigError(f"--{key} {path} is a folder: name a file in it")
+    if read and os.path.exists(target) and os.path.samefile(target, read):
+        raise ConfigError(
+            f"--{key} {path} is the checkpoint being read ({read}): write to another file"
+        )
+    if os.path.exists(target) and not overwrite:
+        raise ConfigError(
+            f"--{key} {path} already exists: choose another file, or add --overwrite to replace it"
+        )
+    existing = os.path.dirname(target)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--{key} {path}: {existing} cannot be written: choose another folder")
 
 
 def _check_writable(folders: dict[str, str], create: bool) -> None:
@@ -181,7 +212,8 @@ def _apply_use_graph(cfg: Config, model: nn.Module) -> None:
         )
     if cfg.use_init and not cfg.use_graph:
         raise ConfigError("use_init needs use_graph (the wiring to keep): set --use_graph")
-    api.load_checkpoint(model, cfg.use_graph)
+    # the trained run had another wiring (a complete graph, say): that is the point here
+    api.load_checkpoint(model, cfg.use_graph, allow_config_change=True)
     for layer in graph_layers(model):
         if isinstance(layer.module, FineTune):
             layer.module.init_mask()  # freeze the trained run's top-k as the wiring
@@ -203,18 +235,29 @@ def _wrap(job: Job) -> nn.Module:
 
 
 def setup(cfg: Config, title: str, write: Callable[[str], None] = print, info=DistInfo()) -> Job:
-    """Check and build everything of a run; nothing is written but the run's empty folders."""
+    """Check and build everything of a run; nothing is written before every check has passed
+    but the run's folders and its lock (training only, rank 0)."""
     _check_mode(cfg)
     data_class = resolve(cfg.data, "data")  # names first: cheap, and the likeliest typos
-    resolve(cfg.model, "model")
+    for note in check_keys_used(cfg, resolve(cfg.model, "model"), data_class):
+        write(note)
     device, gpu_ids = select_devices(cfg.gpus, info)
     folder = os.path.join(cfg.save_dir, title)
-    resume = resume_path(cfg, folder)
+    resume = resume_path(cfg, folder, write)
     ckpt = read_checkpoint(resume) if resume else None  # refuses unsafe or torn files first
     if ckpt is None and cfg.evaluate:
-        raise ConfigError("--evaluate needs a checkpoint: add --resume <file>")
-    if ckpt is None and cfg.resume != "auto":
-        check_fresh(folder)
+        where = f"found no checkpoint in {folder}" if cfg.resume == "auto" else "has no checkpoint"
+        raise ConfigError(
+            f"--evaluate {where}: name one with --resume <file> (or train this run first)"
+        )
+    if not cfg.evaluate and ckpt is None:
+        check_fresh(folder, cfg.overwrite)
+    elif not cfg.evaluate and cfg.resume != "auto":
+        check_resume_target(resume, folder)
+    if ckpt is not None:
+        compare_config(ckpt, resume, cfg, write)
+    if cfg.export:
+        _check_output_file("export", cfg.export, cfg.overwrite, resume)
     outputs = {"save_dir": folder, "log_dir": os.path.join(cfg.log_dir, title)}
     if not cfg.evaluate and info.is_primary:
         _check_writable(outputs, create=False)
@@ -236,6 +279,9 @@ def setup(cfg: Config, title: str, write: Callable[[str], None] = print, info=Di
     )  # fmt: skip
     if ckpt is not None:
         restore(ckpt, resume, cfg, model, job.optimizer, job.state)
+        if not cfg.evaluate and ckpt.get("title") not in (None, title):
+            job.state.best_val = 0.0  # a new run begins from another run's checkpoint
+            write(f"=> continuing {resume} (run {ckpt['title']}) as the run {title}")
     if job.finished:
         return job
     # batch sizes in the config are global; each process loads its share (genutil.distributed)
@@ -247,7 +293,9 @@ def setup(cfg: Config, title: str, write: Callable[[str], None] = print, info=Di
     job.data = data_class.from_config(
         data_cfg, pin_memory=device.type == "cuda", distributed=info.enabled
     )
-    if not cfg.evaluate and info.is_primary:  # the last check: it creates the run's folders
+    _check_data(cfg, job.data)
+    if not cfg.evaluate and info.is_primary:  # the last step: the run's folders and its lock
+        _claim_folder(job, ckpt is None)
         _check_writable(outputs, create=True)
     if ckpt is not None:
         if not cfg.evaluate:
@@ -256,6 +304,45 @@ def setup(cfg: Config, title: str, write: Callable[[str], None] = print, info=Di
         write(f"=> resumed {resume} (next epoch {job.state.epoch}{at}, step {job.state.step})")
     job.net = job.model if cfg.evaluate and cfg.fast_eval else _wrap(job)
     return job
+
+
+def _check_data(cfg: Config, data: Any) -> None:
+    """What only the loaded data can tell: its classes fit the model."""
+    classes = getattr(data, "num_classes", None)
+    if classes is not None and classes > cfg.output_size:
+        raise DataError(
+            f"the data has {classes} classes, the model's output_size is {cfg.output_size}: set "
+            f"--output_size {classes} (or check the data folder)"
+        )
+
+
+def _claim_folder(job: Job, fresh: bool) -> None:
+    """Take the run folder's lock (one writer per run), then look again: another run may have
+    written into the folder since the checks. ``--overwrite`` of a fresh run clears it now."""
+    job.lock = RunLock(job.folder).acquire()
+    if job.lock.taken_over:
+        job.write(f"=> {job.folder}: {job.lock.taken_over}")
+    if fresh and job.cfg.overwrite:
+        removed = [n for n in os.listdir(job.folder) if n != LOCK_NAME]
+        for name in removed:
+            path = os.path.join(job.folder, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+        shutil.rmtree(job.log_folder, ignore_errors=True)
+        if removed:
+            job.write(
+                f"=> --overwrite: removed the earlier run's {len(removed)} files from {job.folder}"
+            )
+        return
+    now = resume_path(job.cfg, job.folder, lambda _: None) if job.cfg.resume == "auto" else None
+    if (fresh and run_checkpoints(job.folder)) or (job.cfg.resume == "auto" and now != job.resume):
+        job.lock.release()
+        raise ConfigError(
+            f"{job.folder} changed while this run was starting (another run wrote into it): "
+            "start again, with --resume auto to continue it"
+        )
 
 
 def _shrunk(job: Job) -> nn.Module:
@@ -378,6 +465,13 @@ def train(job: Job, resume_command: str = "") -> dict[str, Any]:
             )  # fmt: skip
     except DivergenceError as e:
         raise DivergenceError(f"{e} in {job.folder}") from None
+    except (RuntimeError, MemoryError) as e:
+        if not _out_of_memory(e):
+            raise
+        raise UserError(
+            f"out of memory at epoch {state.epoch} step {state.batch} with batch_size "
+            f"{cfg.batch_size}: lower batch_size; the checkpoints so far are kept in {job.folder}"
+        ) from None
     finally:
         if tb is not None:
             tb.close()
@@ -399,6 +493,11 @@ def train(job: Job, resume_command: str = "") -> dict[str, Any]:
     return last
 
 
+def _out_of_memory(e: BaseException) -> bool:
+    text = str(e)
+    return isinstance(e, MemoryError) or "out of memory" in text or "can't allocate" in text
+
+
 def run(
     cfg: Config, title: str, write: Callable[[str], None] = print, resume_command: str = ""
 ) -> dict[str, Any]:
@@ -408,7 +507,11 @@ def run(
     """
     info = distributed.init_distributed()
     job = setup(cfg, title, write if info.is_primary else (lambda _: None), info)
-    result = evaluate(job) if cfg.evaluate else train(job, resume_command)
+    try:
+        result = evaluate(job) if cfg.evaluate else train(job, resume_command)
+    finally:
+        if job.lock is not None:
+            job.lock.release()
     # after an error the process just exits: tearing down a group that a failed rank has left
     # can block or abort, and would hide the one-line error
     distributed.shutdown(info)

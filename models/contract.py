@@ -121,6 +121,15 @@ class WiredNetwork(nn.Module):
     #: them from ``in_channels`` / ``image_size``; subclasses may set them in ``__init__``)
     in_channels: int = 3
     image_size: int = 32
+    #: the paper's wiring setting this network runs ("static", "discrete_time", "continuous";
+    #: None: none), which the config key ``setting`` must name if it is given
+    setting: Optional[str] = None
+    #: keys the authors' experiment files set for this network without any effect, with the
+    #: value they set: accepted at exactly that value, so that their files run unchanged
+    inert_keys: dict = {}
+    #: the config keys ``from_config`` reads beyond every run's (a set, or a function of the
+    #: config); None: not declared, so unused keys are not refused
+    config_keys = None
 
     def graph_layers(self) -> list[GraphLayer]:
         """Every graph layer, in module order."""

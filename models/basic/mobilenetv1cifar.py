@@ -76,6 +76,8 @@ class MobileNetV1CIFAR(WiredNetwork):
     """MobileNetV1 for 32 x 32 inputs; ``width_mult`` scales every layer's channels. It has no
     graph layer: the contract's generic count is its dense count, and it has nothing to shrink."""
 
+    config_keys = frozenset({"width_mult"})
+
     def __init__(
         self, *, width_mult: float = 1.0, output_size: int = 10, in_channels: int = 3
     ) -> None:

@@ -223,6 +223,8 @@ class MobileNetV1Like(WiredNetwork):
     """conv1 -> five graph Blocks -> BatchNorm, ReLU, global pool -> classifier."""
 
     feature_dim = 1024
+    setting = "static"  # every Block is a static DAG
+    config_keys = frozenset({"prune_rate", "graph", "small", "rho", "td_abs", "setting"})
 
     def __init__(
         self,

@@ -79,7 +79,10 @@ def static_groups(dim: int, downsample_dim: int, layers: int) -> list[int]:
 class _TinyBase(WiredNetwork):
     """What the three tiny classifiers share: stem, zero padding to ``dim`` nodes, read-out."""
 
-    _steps_name = "steps"  # what ``profile`` calls one pass over the graph
+    config_keys = frozenset(
+        {"dim", "downsample_dim", "feature_dim", "layers", "graph", "prune_rate", "rho", "td_abs",
+         "setting"}
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -178,6 +181,8 @@ class StaticNeuralGraph(_TinyBase):
     feature_dim)``). As in the original, the last step reads its own group into the output
     nodes, which lie inside it (docs/faithfulness.md, "The static tiny model").
     """
+
+    setting = "static"
 
     def __init__(
         self,
@@ -327,6 +332,8 @@ class StaticNeuralGraph(_TinyBase):
 class DiscreteTimeNeuralGraph(_TinyBase):
     """``layers`` steps of: ReLU, depthwise conv, graph (every node to every node), InstanceNorm."""
 
+    setting = "discrete_time"
+
     def __init__(
         self,
         *,
@@ -470,6 +477,12 @@ class ODEBlock(nn.Module):
 
 class ContinuousTimeNeuralGraph(_TinyBase):
     """The discrete update made continuous: an ODE over the node states (torchdiffeq)."""
+
+    setting = "continuous"
+    config_keys = (_TinyBase.config_keys - {"layers"}) | {"ode_inplace_relu"}
+    # the authors' continuous-time files set layers: 5, which their code never read (the solver
+    # decides the steps)
+    inert_keys = {"layers": 5}
 
     def __init__(
         self,

@@ -78,9 +78,13 @@ def test_yaml_values_and_overrides():
         cfg2.lr = 1.0  # frozen
 
 
-def test_run_title_is_the_originals():
-    t = run_title(APP, {"gpus": [0], "data_dir": "/d", "lr": 0.5, "topk": [1, 5], "save_dir": "x"})
-    assert t == "base=static_dnw_lr=0.5_topk=[1,5]"
+def test_run_title_is_the_originals_over_the_keys_that_make_a_run():
+    t = run_title(APP, {"gpus": [0], "data_dir": "/d", "lr": 0.5, "dim": 96, "save_dir": "x"})
+    assert t == "base=static_dnw_lr=0.5_dim=96"
+    # where and how a run executes, what a command does with it, how long it trains: not in it
+    same = {"num_epochs": 9, "evaluate": True, "resume": "auto", "workers": 0, "topk": [1, 5],
+            "fast_eval": True, "export": "x.pt", "overwrite": True, "progress": False}  # fmt: skip
+    assert run_title(APP, {"lr": 0.5, **same}) == "base=static_dnw_lr=0.5"
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob("apps/**/*.yml", recursive=True)))

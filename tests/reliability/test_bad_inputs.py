@@ -34,6 +34,7 @@ class Row:
     argv: list  # "{in}" is replaced by the inputs folder, "{ck}" by the run's checkpoint file
     expect: list  # words the error line must contain (case-insensitive)
     own_dirs: bool = True  # add --save_dir/--log_dir of the row's own folder
+    fresh_dirs: bool = False  # ... an empty one instead of a copy of the finished run
     files: dict = field(default_factory=dict)  # name -> text of an input file to write
 
 
@@ -133,7 +134,7 @@ ROWS = [
     ),
     Row("resume from a missing file", EXISTING + ["--resume", "{in}/nope.pt"], ["not found"]),
     Row("resume from a directory", EXISTING + ["--resume", "{in}"], ["is a directory"]),
-    Row("evaluate without resume", EXISTING + ["--evaluate"], ["--evaluate needs a checkpoint"]),
+    Row("evaluate without resume", EXISTING + ["--evaluate"], ["--evaluate", "--resume <file>"]),
     Row("truncated checkpoint", EXISTING + ["--resume", "{in}/truncated.pt"], ["truncated"]),
     Row("text file as checkpoint", EXISTING + ["--resume", "{in}/notes.pt"], ["not a"]),
     Row(
@@ -142,9 +143,15 @@ ROWS = [
         ["Tensor, not a dict"],
     ),
     Row(
-        "checkpoint of another model",
+        "checkpoint trained with other settings",
         [QUICKSTART, "--noprogress", "--resume", "{ck}"],
+        ["trained with dim 160", "this command has 224", "--override_checkpoint"],
+    ),
+    Row(
+        "checkpoint of another shape, settings overridden",
+        [QUICKSTART, "--noprogress", "--resume", "{ck}", "--override_checkpoint"],
         ["does not fit this model", "pass the experiment file"],
+        fresh_dirs=True,
     ),
     Row(
         "planted pickle that would run code",
@@ -216,7 +223,8 @@ def _run_row(index: int, row: Row, world: dict) -> tuple:
     inputs = own / "in" if row.files else world["inputs"]
     argv = [a.replace("{in}", str(inputs)).replace("{ck}", str(world["ck"])) for a in row.argv]
     if row.own_dirs:
-        argv += ["--save_dir", str(own / "run" / "ck"), "--log_dir", str(own / "run" / "runs")]
+        run = own / ("fresh" if row.fresh_dirs else "run")
+        argv += ["--save_dir", str(run / "ck"), "--log_dir", str(run / "runs")]
     before = tree_hash(str(own))
     result = run_main(argv, timeout=180)
     return result, before, tree_hash(str(own))
