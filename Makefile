@@ -30,8 +30,9 @@ $(VENV)/.installed: requirements.txt
 # Train the DNW quickstart (digits, no download) and print its accuracy. --overwrite replaces
 # this run's own folders (checkpoints/quickstart/base=static_dnw, runs/quickstart/...) and
 # nothing else: the random-graph comparison and every other run are left as they are.
+QUICKSTART_ARGS ?=
 quickstart: $(VENV)/.installed
-	$(PY) main.py app:apps/quickstart/static_dnw.yml --overwrite
+	$(PY) main.py app:apps/quickstart/static_dnw.yml --overwrite $(QUICKSTART_ARGS)
 
 # Every test of the main environment: unit tests and the end-to-end ones (marked slow). The DGL
 # backend's tests need their own environment: make test-dgl (CI runs both: .ci/run).

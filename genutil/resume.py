@@ -118,7 +118,9 @@ class CheckpointHook:
                     ) from None
 
     def on_fit_start(self, state: TrainState) -> None:
-        if state.epoch == 0 and state.step == 0:
+        # a run resumed from its init.pt (killed before its first epoch ended) keeps that file
+        fresh = not os.path.exists(os.path.join(self.folder, "init.pt"))
+        if state.epoch == 0 and state.step == 0 and distributed.any_rank(fresh)[0]:
             self._save(["init.pt"], state, 0)
 
     def on_epoch_end(self, state: TrainState, train: dict, val: dict) -> None:

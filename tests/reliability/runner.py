@@ -8,6 +8,8 @@ Instruments, switched on by environment variables (all off: exactly main.py):
 - ``DNW_TEST_NAN_AT=<global step>``: the training loss of that step is NaN;
 - ``DNW_TEST_KILL_IN_SAVE=<name>:<n>``: the n-th save of checkpoint ``<name>`` writes half of its
   bytes, then the process SIGKILLs itself (a kill in the middle of a checkpoint write).
+- ``DNW_TEST_DISK_FULL=<name>:<n>``: from the n-th save of checkpoint ``<name>`` on, the write
+  fails half-way with "No space left on device", as on a full disk.
 """
 
 from __future__ import annotations
@@ -89,6 +91,30 @@ def _kill_in_save(spec: str) -> None:
     torch.save = save
 
 
+def _disk_full(spec: str) -> None:
+    import errno
+
+    import torch
+
+    name, count = spec.rsplit(":", 1)
+    real = torch.save
+    seen = [0]
+
+    def save(obj, f, *args, **kwargs):
+        try:
+            target = os.path.basename(os.readlink(f"/proc/self/fd/{f.fileno()}"))
+        except (AttributeError, OSError):
+            target = ""
+        if target.startswith(f".tmp_{name}."):
+            seen[0] += 1
+            if seen[0] >= int(count):
+                f.write(b"PK\x03\x04 half a checkpoint")
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(obj, f, *args, **kwargs)
+
+    torch.save = save
+
+
 if __name__ == "__main__":
     if os.environ.get("DNW_TEST_MARK_STEPS"):
         pause, _, start = os.environ["DNW_TEST_MARK_STEPS"].partition("@")
@@ -97,6 +123,8 @@ if __name__ == "__main__":
         _nan_at(int(os.environ["DNW_TEST_NAN_AT"]))
     if os.environ.get("DNW_TEST_KILL_IN_SAVE"):
         _kill_in_save(os.environ["DNW_TEST_KILL_IN_SAVE"])
+    if os.environ.get("DNW_TEST_DISK_FULL"):
+        _disk_full(os.environ["DNW_TEST_DISK_FULL"])
     import main
 
     sys.argv[0] = "main.py"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.data.fakes import make_cifar10
+from tests.data.fakes import make_cifar10, make_imagenet
 from tests.reliability.util import QUICKSTART, ROOT, run_main, tree_hash
 
 pytestmark = pytest.mark.slow  # end to end: main.py or its parts, in subprocesses
@@ -169,6 +169,76 @@ ROWS = [
     Row(
         "fresh start over an existing run", EXISTING, ["already holds checkpoints", "--resume auto"]
     ),
+    # nothing lost (issue 14): keys that would act on nothing, values out of range
+    Row("negative seed", [QUICKSTART, "--seed", "-1"], ["seed", "2**32"]),
+    Row("seed past numpy's range", [QUICKSTART, "--seed", "4294967296"], ["seed", "2**32"]),
+    Row("weight decay overflowing", [QUICKSTART, "--weight_decay", "1e300"], ["weight_decay"]),
+    Row("batch size past an int", [QUICKSTART, "--batch_size", "10" * 10], ["batch_size"]),
+    Row(
+        "infinite number in yml",
+        ["app:{in}/exp.yml"],
+        ["lr=inf", "finite"],
+        files=_yml(QS.replace("lr: 0.1", "lr: .inf")),
+    ),
+    Row(
+        "a key twice in yml",
+        ["app:{in}/exp.yml"],
+        ["sets 'lr' twice", "keep one"],
+        files=_yml(QS + "lr: 0.3\n"),
+    ),
+    Row(
+        "setting the model does not run",
+        [QUICKSTART, "--setting", "discrete_time"],
+        ["setting: discrete_time", "static"],
+    ),
+    Row("key the model does not read", [QUICKSTART, "--width_mult", "0.5"], ["width_mult"]),
+    Row("key of another edge type", [QUICKSTART, "--rho", "0.3"], ["rho", "td"]),
+    Row("prune switched off", [QUICKSTART, "--noprune"], ["prune", "prune_rate 0"]),
+    Row("val_resize the data ignores", [QUICKSTART, "--val_resize", "64"], ["val_resize"]),
+    Row(
+        "more classes than outputs",
+        [IMAGENET_APP, "--data-dir", "{in}/inet", "--workers", "0", "--output_size", "10"],
+        ["12 classes", "output_size is 10"],
+    ),
+    Row(
+        "evaluate at another prune rate",
+        EXISTING + ["--resume", "{ck}", "--evaluate", "--prune_rate", "0.5"],
+        ["trained with prune_rate 0.9", "--override_checkpoint"],
+    ),
+    Row(
+        "resume into another run's folder",
+        EXISTING + ["--resume", "{in}/other_run.pt"],
+        ["holds checkpoints of another run"],
+    ),
+    Row(
+        "momentum of the wrong shape",
+        EXISTING + ["--resume", "{in}/bad_momentum.pt"],
+        ["optimizer state", "does not fit"],
+        fresh_dirs=True,
+    ),
+    Row("overwrite and resume", EXISTING + ["--overwrite", "--resume", "auto"], ["drop one"]),
+    Row(
+        "export over an existing file",
+        EXISTING + ["--resume", "{ck}", "--evaluate", "--fast_eval", "--export", "{in}/notes.pt"],
+        ["already exists", "--overwrite"],
+    ),
+    Row(
+        "export over the checkpoint being read",
+        EXISTING
+        + ["--resume", "{ck}", "--evaluate", "--fast_eval", "--export", "{ck}", "--overwrite"],
+        ["is the checkpoint being read"],
+    ),
+    Row(
+        "export onto a folder",
+        EXISTING + ["--resume", "{ck}", "--evaluate", "--fast_eval", "--export", "{in}"],
+        ["is a folder"],
+    ),
+    Row(
+        "export below a file",
+        EXISTING
+        + ["--resume", "{ck}", "--evaluate", "--fast_eval", "--export", "{in}/notes.pt/x.pt"],
+        ["cannot be written"],
+    ),
 ]
 
 
@@ -202,6 +272,13 @@ def world(tmp_path_factory) -> dict:
         import pickle
 
         pickle.dump({"model": {}, "x": _RunsCode(str(marker))}, fh, protocol=4)
+    ckpt = torch.load(folder / "last.pt", weights_only=True)
+    torch.save(ckpt, inputs / "other_run.pt")
+    state = ckpt["optimizer"]["state"]
+    first = next(iter(state))
+    state[first]["momentum_buffer"] = torch.zeros(3, 3)
+    torch.save(ckpt, inputs / "bad_momentum.pt")
+    make_imagenet(inputs / "inet", classes=12, per_class=1)
     bad = make_cifar10(inputs / "cifar_bad", n_per_batch=10)
     (bad / "data_batch_3").write_bytes(b"\x80\x02not a batch")
     return {
@@ -231,7 +308,7 @@ def _run_row(index: int, row: Row, world: dict) -> tuple:
 
 
 def test_bad_input_table(world):
-    assert len(ROWS) >= 25
+    assert len(ROWS) >= 50
     shared = tree_hash(str(world["base"]))
     with ThreadPoolExecutor(max_workers=2) as pool:
         outcomes = list(pool.map(lambda item: _run_row(item[0], item[1], world), enumerate(ROWS)))
