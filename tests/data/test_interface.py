@@ -13,6 +13,7 @@ from data.fashion_mnist import FashionMNIST
 from data.imagenet import ImageNet
 from data.loaders import SeededLoader
 from genutil.config import Config
+from genutil.errors import ConfigError
 from tests.data.fakes import make_cifar10, make_fashion_mnist, make_imagenet
 
 # class, fake writer, image_size, num_classes of the fake
@@ -63,3 +64,24 @@ def test_from_config_builds_loaders(name, tmp_path, monkeypatch):
     assert not dataset.train_loader.persistent_workers
     persistent = cls.from_config(dataclasses.replace(cfg, workers=1, persistent_workers=True))
     assert persistent.train_loader.persistent_workers and persistent.val_loader.persistent_workers
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_dataset_honours_train_subset_and_val_resize(name, tmp_path, monkeypatch):
+    monkeypatch.setattr(fashion_module, "SYSTEM_DIRS", ())
+    cls, make, image_size, _ = CASES[name]
+    make(tmp_path)
+    cfg = Config(
+        data_dir=str(tmp_path), batch_size=2, test_batch_size=2, workers=0,
+        image_size=image_size, in_channels=3, seed=11, download=False, train_subset=3,
+    )  # fmt: skip
+    full = cls.from_config(dataclasses.replace(cfg, train_subset=0))
+    subset = cls.from_config(cfg)
+    assert len(subset.train_loader.dataset) == 3 < len(full.train_loader.dataset)
+    assert len(subset.val_loader.dataset) == len(full.val_loader.dataset)
+    again = cls.from_config(cfg)  # the same seed picks the same images
+    first = [labels.tolist() for _, labels in subset.train_loader]
+    assert first == [labels.tolist() for _, labels in again.train_loader]
+    if name != "imagenet":  # ImageNet resizes to val_resize; the others evaluate as they are
+        with pytest.raises(ConfigError, match="val_resize"):
+            cls.from_config(dataclasses.replace(cfg, val_resize=image_size + 8))

@@ -4,8 +4,16 @@ import glob
 
 import pytest
 
-from genutil.config import Config, load_config, parse_argv, parse_value, run_title
+from genutil.config import (
+    Config,
+    check_keys_used,
+    load_config,
+    parse_argv,
+    parse_value,
+    run_title,
+)
 from genutil.errors import ConfigError
+from genutil.registry import resolve
 
 APP = "apps/small_scale/static_dnw.yml"
 
@@ -144,3 +152,43 @@ def test_long_titles_are_shortened_deterministically():
     assert len(t) <= 160 and t.startswith("base=static_dnw_use_graph=")
     assert t == run_title(APP, {"use_graph": long_path})
     assert t != run_title(APP, {"use_graph": long_path + "x"})
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob("apps/**/*.yml", recursive=True)))
+def test_every_key_of_every_experiment_file_acts(path):
+    cfg = load_config(path)
+    assert check_keys_used(cfg, resolve(cfg.model, "model"), resolve(cfg.data, "data")) == []
+
+
+def test_keys_that_would_act_on_nothing_are_refused_or_said():
+    small = "apps/small_scale/continuous_time_dnw.yml"
+    classes = lambda c: (resolve(c.model, "model"), resolve(c.data, "data"))  # noqa: E731
+    cfg = load_config(small)  # its layers: 5 acts on nothing, but is the authors' value
+    assert check_keys_used(cfg, *classes(cfg)) == []
+    cfg = load_config(small, {"layers": 7})
+    with pytest.raises(ConfigError, match="layers is not read by ContinuousTimeNeuralGraph"):
+        check_keys_used(cfg, *classes(cfg))
+    # the file's multistep milestones under a command-line cosine schedule: said, not refused
+    cfg = load_config("apps/small_scale/static_dnw.yml", {"lr_scheduler": "cosine"})
+    notes = check_keys_used(cfg, *classes(cfg))
+    assert [n.split()[1] for n in notes] == ["multistep_lr_milestones", "multistep_lr_gamma"]
+    cfg = load_config("apps/quickstart/static_dnw.yml", {"multistep_lr_milestones": [3]})  # typed by the user: refused
+    with pytest.raises(ConfigError, match="acts only with lr_scheduler multistep"):
+        check_keys_used(cfg, *classes(cfg))
+    cfg = load_config("apps/medium_scale/mobilenetv1_x25.yml", {"setting": "static"})
+    with pytest.raises(ConfigError, match="runs no wiring setting"):
+        check_keys_used(cfg, *classes(cfg))
+
+
+def test_key_equals_value_and_non_finite_numbers_and_duplicates(tmp_path):
+    assert parse_argv(["app:x.yml", "--lr=0.05", "--topk=1", "--gpus", "0"])[1] == {
+        "lr": 0.05, "topk": 1, "gpus": [0],
+    }  # fmt: skip
+    for value in (".inf", "-.inf", ".nan", "1e400"):
+        path = tmp_path / "e.yml"
+        path.write_text(open(APP).read().replace("lr: 0.1", f"lr: {value}"))
+        with pytest.raises(ConfigError, match="finite|number"):
+            load_config(str(path))
+    path.write_text(open(APP).read() + "seed: 3\n")
+    with pytest.raises(ConfigError, match="sets 'seed' twice"):
+        load_config(str(path))
