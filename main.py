@@ -60,6 +60,21 @@ def resume_command(argv: list[str]) -> str:
     return f"{shlex.quote(sys.executable)} {args}"
 
 
+def _experiment_help(argv: list[str]) -> int:
+    """``main.py app:<file> [--key value ...] --help``: that experiment's keys as resolved."""
+    try:
+        app, overrides = parse_argv(argv)
+        cfg = load_config(app or "", overrides)
+    except UserError as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    print(
+        f"keys of {app} with these overrides (run title {cfg.title or run_title(app, overrides)}):"
+    )
+    print(config_help(cfg))
+    return 0
+
+
 def _one_line(e: BaseException) -> str:
     """The error's message as one line. An error raised in a data-loading worker reaches us with
     the worker's traceback in its message: its last line is the message."""
@@ -95,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE + config_help())
         return 0
+    if argv[0].startswith("app:") and ("--help" in argv or "-h" in argv):
+        return _experiment_help([a for a in argv if a not in ("--help", "-h")])
     rank = _rank()
     _die_with_launcher()
     try:
@@ -114,9 +131,10 @@ def main(argv: list[str] | None = None) -> int:
             print(said)
         run(
             cfg,
-            run_title(app, overrides),
+            cfg.title or run_title(app, overrides),
             print if rank == 0 else (lambda _: None),
             resume_command(argv),
+            said=(said,),
         )
     except UserError as e:
         prefix = f"[rank {rank}] " if rank else ""

@@ -118,14 +118,11 @@ def _device() -> str:
 
 def run_row(stem: str, setting: str, seed: int, protocol: Protocol, args) -> Optional[dict]:
     """Train (or skip, if finished) one row at one seed; its result, None if interrupted."""
-    from genutil import (
-        api,  # noqa: PLC0415  (heavy imports once the arguments are valid)
-        process,  # noqa: PLC0415
-    )
-    from genutil.checkpoint import load_model_state, model_state, read_checkpoint  # noqa: PLC0415
+    # heavy imports once the arguments are valid
+    from genutil import api, process, report  # noqa: PLC0415
+    from genutil.checkpoint import read_checkpoint  # noqa: PLC0415
     from genutil.config import load_config, run_title  # noqa: PLC0415
     from genutil.run import run  # noqa: PLC0415
-    from models.counting import graph_params  # noqa: PLC0415
 
     app = os.path.join(APP_DIR, stem + ".yml")
     epochs = protocol.epochs[setting]
@@ -175,10 +172,7 @@ def run_row(stem: str, setting: str, seed: int, protocol: Protocol, args) -> Opt
     ckpt = read_checkpoint(last)
     if int(ckpt.get("epoch", -1)) != epochs or ckpt.get("batch", 0):
         return None  # stopped by a signal: the next invocation continues it
-    model = api.model_from_config(cfg)
-    load_model_state(model, model_state(ckpt))
-    with torch.no_grad():
-        weight = model.eval().get_weight()
+    (summary,) = report.collect([os.path.dirname(last)])  # the run's own record
     result = dict(
         stem=stem,
         setting=setting,
@@ -186,9 +180,9 @@ def run_row(stem: str, setting: str, seed: int, protocol: Protocol, args) -> Opt
         title=title,
         epochs=epochs,
         train_subset=protocol.train_subset,
-        top1=100 * ckpt["meters"][1]["top1_accuracy"],
-        params=graph_params(weight, cfg.prune_rate),
-        stored_params=sum(p.numel() for p in model.parameters()),
+        top1=summary.final_top1,
+        params=summary.params,
+        stored_params=sum(p.numel() for p in api.model_from_config(cfg).parameters()),
         device=_device(),
         wall_s=wall,
         load_avg_15min=os.getloadavg()[2],  # other processes on the machine inflate wall_s
@@ -232,8 +226,9 @@ def _duration(seconds: float) -> str:
 
 
 def _mean_std(values: list) -> tuple[float, float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    return float(t.mean()), float(t.std()) if len(values) > 1 else 0.0
+    from genutil.report import mean_std  # noqa: PLC0415  (the one aggregation: genutil.report)
+
+    return mean_std(values)
 
 
 def _gap_sentence(setting: str, runs: dict) -> str:
@@ -309,8 +304,9 @@ def write_markdown(path: str, protocol: Protocol, runs: dict, total_s: float) ->
         "rate per iteration, no warm-up, horizontal flip only, 28x28 padded to 32x32, grey "
         "repeated to 3 channels, mean 0.2860 std 0.3530; same models as the paper's "
         f"CIFAR-10 tiny classifiers (800 nodes, 95% of edges removed).{changed} Params: "
-        "kept-edge budget plus 9 per node with an out-edge (the paper's count; stem and "
-        "classifier not counted). Wall time: both seeds, training and evaluation"
+        "the paper's count (genutil.report, from the run's record): kept-edge budget plus 9 per "
+        "node with an out-edge, plus the stem and classifier weights. Wall time: both seeds, "
+        "training and evaluation"
         + (" († resumed: the time of every part, added up)" if "†" in "".join(lines) else "")
         + ". The paper column is the authors' CIFAR-10 result after 160 "
         "epochs: another dataset and budget, to compare the direction of the gap only.",

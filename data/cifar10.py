@@ -190,6 +190,10 @@ class CIFAR10:
         folder = find_cifar10(data_dir, download)
         fix = f"re-extract {CIFAR10_URL} into {folder.parent}"
         self.classes = _read_class_names(folder / _META_FILE, fix)
+        # how an input is made: what an exported model needs to be fed (genutil.run --export)
+        self.normalization = {
+            "pixels": "RGB scaled to [0, 1]", "mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD)
+        }  # fmt: skip
         parts = [read_cifar_batch(folder / name, fix) for name in _TRAIN_FILES]
         train_images = torch.from_numpy(np.concatenate([images for images, _ in parts]))
         train_labels = torch.from_numpy(np.concatenate([labels for _, labels in parts]))

@@ -83,6 +83,12 @@ class Digits:
         train_images = ((train_images - mean) / std).repeat(1, in_channels, 1, 1)
         val_images = ((val_images - mean) / std).repeat(1, in_channels, 1, 1)
         self.classes = [str(digit) for digit in range(_NUM_CLASSES)]
+        self.normalization = {
+            "pixels": f"0..16 scaled to [0, 1], bilinear to {image_size}x{image_size}, repeated to "
+            f"{in_channels} channels",
+            "mean": [self.mean] * in_channels,
+            "std": [self.std] * in_channels,
+        }
         self.train_dataset = TensorImageDataset(train_images, train_labels)
         self.val_dataset = TensorImageDataset(val_images, val_labels)
         logger.info("digits: %d train, %d val images", len(train_labels), len(val_labels))

@@ -167,6 +167,12 @@ class FashionMNIST:
             len(val_labels),
         )
         self.classes: list[str] = list(_CLASSES)
+        self.normalization = {
+            "pixels": f"grey scaled to [0, 1], centred in {image_size}x{image_size}, repeated to "
+            f"{in_channels} channels",
+            "mean": [FASHION_MNIST_MEAN] * in_channels,
+            "std": [FASHION_MNIST_STD] * in_channels,
+        }
 
         to_float_normalized = [
             transforms.ConvertImageDtype(torch.float32),

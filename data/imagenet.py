@@ -120,6 +120,13 @@ class ImageNet:
                 f"only in val: {only_val[:3]}): give {root}/val the same class folders as train"
             )
         self.classes = self.train_dataset.classes
+        resize = val_resize or int(image_size / _CROP_FRACTION)
+        self.normalization = {
+            "pixels": f"RGB scaled to [0, 1]; evaluation: resize to {resize}, centre crop "
+            f"{image_size}",
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+        }
         self.num_classes = len(self.classes)
         logger.info(
             "ImageNet from %s: %d classes, %d train, %d val images",

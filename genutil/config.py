@@ -33,6 +33,7 @@ __all__ = [
     "config_help",
     "config_from_dict",
     "check_keys_used",
+    "keys_read",
 ]
 
 
@@ -140,8 +141,25 @@ class Config:
     skip_profiling: bool = _f(True, "do not count MACs/params")
     fast_eval: bool = _f(False, "remove dead nodes before evaluating")
     use_dgl: bool = _f(False, "run the graphs with DGL (same as graph_backend: dgl)")
-    graph_backend: str = _f("dense", "fast_eval edge execution", ("dense", "sparse", "dgl"))
-    export: str = _f("", "with --fast_eval: write the shrunk model to this file")
+    graph_backend: str = _f(
+        "auto",
+        "fast_eval edge execution; auto: the fastest exact one for the device (sparse on the "
+        "CPU, dense on CUDA; bench/README.md)",
+        ("auto", "dense", "sparse", "dgl"),
+    )
+    export: str = _f(
+        "",
+        "with --fast_eval: write the shrunk model to this file (.pt2: torch.export with its "
+        "metadata; .pt: TorchScript)",
+    )
+    results_file: str = _f(
+        "",
+        "with --evaluate: write the results as JSON here (default: eval_<checkpoint>.json "
+        "beside the checkpoint, never over an existing file)",
+    )
+    title: str = _f(
+        "", "the run's name (its folders); default: base=<file name>_key=value over the overrides"
+    )
     gpus: list = _f([], "GPU ids; empty: all visible GPUs, or the CPU when there is none")
     amp: str = _f("", "mixed precision on CUDA: '' | bf16 | fp16", ("", "bf16", "fp16"))
     compile: bool = _f(False, "torch.compile the model")
@@ -208,6 +226,8 @@ NOT_IN_TITLE = (
     "download",
     "overwrite",
     "override_checkpoint",
+    "results_file",
+    "title",
 )
 
 
@@ -352,6 +372,8 @@ def _validate(cfg: Config) -> None:
     for ok, name, expect in checks:
         if not ok:
             raise ConfigError(f"{name}={getattr(cfg, name)!r} is invalid: set {name} to {expect}")
+    if cfg.title and ("/" in cfg.title or cfg.title in (".", "..") or len(cfg.title) > 200):
+        raise ConfigError(f"title={cfg.title!r} cannot name a folder: use a name without '/'")
     if max(cfg.topk) > cfg.output_size:
         raise ConfigError(
             f"topk={cfg.topk} asks for more classes than output_size={cfg.output_size}: lower topk"
@@ -457,7 +479,7 @@ _RUN_KEYS = frozenset(
         "amp", "compile", "channels_last", "progress", "persistent_workers",
         "keep_freed_memory", "native_kernels", "fast_paths", "overwrite",
         "override_checkpoint", "train_subset", "image_size", "in_channels", "output_size",
-        "prune", "fast_eval", "use_dgl", "graph_backend", "export",
+        "prune", "fast_eval", "use_dgl", "graph_backend", "export", "results_file", "title",
     }
 )  # fmt: skip
 _ONLY_WITH = {  # key: (the other key, its values with which the key acts)
@@ -471,6 +493,19 @@ _ONLY_WITH = {  # key: (the other key, its values with which the key acts)
 }
 
 
+def keys_read(cfg: Config, model_cls: Any, data_cls: Any) -> Optional[set[str]]:
+    """The keys this experiment reads (every run's, the model's and the data's ``config_keys``,
+    the conditional ones where their condition holds); None where a class does not say."""
+    read = set(_RUN_KEYS)
+    for cls in (model_cls, data_cls):
+        keys = getattr(cls, "config_keys", None)
+        if keys is None:
+            return None
+        read |= set(keys(cfg) if callable(keys) else keys)
+    read -= {k for k, (name, values) in _ONLY_WITH.items() if getattr(cfg, name) not in values}
+    return read | {k for k, (name, values) in _ONLY_WITH.items() if getattr(cfg, name) in values}
+
+
 def check_keys_used(cfg: Config, model_cls: Any, data_cls: Any) -> list[str]:
     """Refuse, with one line, a key set in the experiment file or on the command line that this
     experiment does not read. A class that reads config keys says which: ``config_keys(cfg)``
@@ -481,15 +516,9 @@ def check_keys_used(cfg: Config, model_cls: Any, data_cls: Any) -> list[str]:
     another key that the command line changed (the file's multistep milestones under
     ``--lr_scheduler cosine``). Returns those notes."""
     notes = []
-    read, inert = set(_RUN_KEYS), {}
-    checked = True
-    for cls in (model_cls, data_cls):
-        keys = getattr(cls, "config_keys", None)
-        if keys is None:
-            checked = False
-            continue
-        read |= set(keys(cfg) if callable(keys) else keys)
-        inert.update(getattr(cls, "inert_keys", {}))
+    read = keys_read(cfg, model_cls, data_cls)
+    checked = read is not None
+    inert = {**getattr(data_cls, "inert_keys", {}), **getattr(model_cls, "inert_keys", {})}
     if "setting" in cfg.set_keys and getattr(model_cls, "setting", None) != cfg.setting:
         runs = getattr(model_cls, "setting", None)
         fix = f"set setting: {runs}" if runs else "remove setting"
@@ -551,12 +580,22 @@ def run_title(app_path: str, overrides: Optional[dict[str, Any]] = None) -> str:
     return title
 
 
-def config_help() -> str:
-    """One line per key: name, default, help (for ``main.py --help``)."""
+def config_help(cfg: Optional[Config] = None) -> str:
+    """One line per key: name, help, default (``main.py --help``); with ``cfg``, its values
+    and where each came from (``main.py app:<file> --help``)."""
     lines = []
     for f in _FIELDS.values():
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         choices = _choices(f)
         extra = f" [{' | '.join(map(str, choices))}]" if choices else ""
-        lines.append(f"  --{f.name:<24} {f.metadata['help']}{extra} (default {default!r})")
+        if cfg is None:
+            lines.append(f"  --{f.name:<24} {f.metadata['help']}{extra} (default {default!r})")
+            continue
+        value = getattr(cfg, f.name)
+        origin = (
+            "command line" if f.name in cfg.cli_keys
+            else "experiment file" if f.name in cfg.set_keys
+            else "default"
+        )  # fmt: skip
+        lines.append(f"  --{f.name:<24} {value!r:<28} ({origin}) {f.metadata['help']}{extra}")
     return "\n".join(lines)

@@ -49,6 +49,7 @@ __all__ = [
     "edge_changes",
     "load_series",
     "plot_adjacency",
+    "adjacency_figure",
     "plot_dag",
     "plot_degrees",
     "plot_edge_changes",
@@ -113,6 +114,11 @@ def _draw_adjacency(
 
 def plot_adjacency(w: GraphWiring, path: str, label: str = "") -> str:
     """(a) The kept edges of one graph layer as an image; returns ``path``."""
+    return _save(adjacency_figure(w, label), path)
+
+
+def adjacency_figure(w: GraphWiring, label: str = ""):
+    """The figure of ``plot_adjacency`` (also what TensorBoard shows each epoch)."""
     n_out, n_in = w.weight.shape
     cells = max(n_out, n_in)
     inch = max(5.5 / min(cells, _MAX_CELLS), 1 / 150) * min(cells, _MAX_CELLS) / cells
@@ -126,11 +132,11 @@ def plot_adjacency(w: GraphWiring, path: str, label: str = "") -> str:
     if factor > 1:
         notes.append(f"one pixel = {factor}x{factor} entries")
     fig.suptitle(
-        f"Adjacency of '{w.name}' ({label}): {kept:,} kept edges of "
+        f"Adjacency of '{w.name}'{f' ({label})' if label else ''}: {kept:,} kept edges of "
         f"{n_out:,} x {n_in:,}\n" + "; ".join(n for n in notes if n),
         fontsize=9,
     )
-    return _save(fig, path)
+    return fig
 
 
 def _edge_curves(w: GraphWiring) -> tuple[Tensor, Tensor, Tensor]:

@@ -55,6 +55,7 @@ class TrainState:
     stop_requested: bool = False  # set by a signal handler: finish the step, then stop
     batch: int = 0  # batches of ``epoch`` already trained: > 0 only after a mid-epoch stop
     partial: dict = field(default_factory=dict)  # train meter sums of those batches (all ranks)
+    batch_images: int = 0  # images in the batch of the last step (this process), for hooks
 
 
 def call_hooks(hooks: Iterable[Any], name: str, *args: Any) -> None:
@@ -85,7 +86,7 @@ class _Meters:
 
     def results(self) -> dict:
         c = max(self.count, 1)
-        out = {"CELoss": self.loss / c}
+        out = {"CELoss": self.loss / c, "images": self.count}
         out.update({f"top{k}_accuracy": self.hits[k] / c for k in self.topk})
         return out
 
@@ -196,6 +197,7 @@ def train_one_epoch(
             optimizer.step()
         state.step += 1
         state.batch += 1
+        state.batch_images = target.size(0)
         meters.add(output.detach().float(), target, loss.detach())
         call_hooks(hooks, "on_step_end", state, "train", value)
         if stop:
@@ -232,6 +234,7 @@ def evaluate(
             output = model(images).float()
         loss = F.cross_entropy(output, target)
         meters.add(output, target, loss)
+        state.batch_images = target.size(0)
         call_hooks(hooks, "on_step_end", state, "val", float(loss))
     meters.all_reduce()
     return meters.results()
@@ -286,6 +289,7 @@ def fit(
         if state.batch:
             break  # stopped mid-epoch
         train["epoch_time"] = time.time() - t0
+        train["images_per_s"] = train["images"] / max(train["epoch_time"], 1e-9)
         t1 = time.time()
         val = evaluate(
             distributed.eval_module(model),
@@ -298,6 +302,7 @@ def fit(
             channels_last=channels_last,
         )
         val["epoch_time"] = time.time() - t1
+        val["images_per_s"] = val["images"] / max(val["epoch_time"], 1e-9)
         val["is_best"] = val["top1_accuracy"] > state.best_val
         state.best_val = max(state.best_val, val["top1_accuracy"])
         val["best_val"] = state.best_val

@@ -172,7 +172,9 @@ def test_keys_that_would_act_on_nothing_are_refused_or_said():
     cfg = load_config("apps/small_scale/static_dnw.yml", {"lr_scheduler": "cosine"})
     notes = check_keys_used(cfg, *classes(cfg))
     assert [n.split()[1] for n in notes] == ["multistep_lr_milestones", "multistep_lr_gamma"]
-    cfg = load_config("apps/quickstart/static_dnw.yml", {"multistep_lr_milestones": [3]})  # typed by the user: refused
+    cfg = load_config(
+        "apps/quickstart/static_dnw.yml", {"multistep_lr_milestones": [3]}
+    )  # typed by the user: refused
     with pytest.raises(ConfigError, match="acts only with lr_scheduler multistep"):
         check_keys_used(cfg, *classes(cfg))
     cfg = load_config("apps/medium_scale/mobilenetv1_x25.yml", {"setting": "static"})

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from models.graphs.fast.backends import make_block
 from models.graphs.fast.plan import HeadPlan, NetPlan
+from models.graphs.fastpath import traced
 
 __all__ = ["FastHead", "FastGraphNet"]
 
@@ -70,7 +71,12 @@ class FastGraphNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         per_image = self.floats_per_pixel * x.shape[2] * x.shape[3]
-        if x.is_cuda or self.chunk_floats <= 0 or x.shape[0] * per_image <= self.chunk_floats:
+        if (
+            x.is_cuda
+            or self.chunk_floats <= 0
+            or traced()
+            or x.shape[0] * per_image <= self.chunk_floats
+        ):
             return self._forward(x)
         size = max(1, int(self.chunk_floats / per_image))  # images are independent in eval
         return torch.cat([self._forward(part) for part in x.split(size)])
