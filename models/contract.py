@@ -77,8 +77,20 @@ class GraphLayer:
 
     @torch.no_grad()
     def effective_weight(self) -> Tensor:
-        """The weight the forward uses, [n_out, n_in]: zero where there is no edge."""
-        return self.module.get_weight().detach().reshape(self.shape)
+        """The weight an evaluation forward uses, [n_out, n_in]: zero where there is no edge.
+        Read in eval mode (targeted dropout's random drops are a training-time draw) and
+        without touching the random generators, so that looking never changes a run."""
+        module = self.module
+        was_training = module.training
+        with torch.random.fork_rng(devices=[]):
+            if was_training:
+                module.train(False)
+            try:
+                weight = module.get_weight().detach().reshape(self.shape)
+            finally:
+                if was_training:
+                    module.train(True)
+        return weight
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _events(log_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    (path,) = glob.glob(os.path.join(log_dir, "*", "events.*"))
-    acc = EventAccumulator(os.path.dirname(path), size_guidance={"images": 0, "scalars": 0})
+    (folder,) = {os.path.dirname(p) for p in glob.glob(os.path.join(log_dir, "*", "events.*"))}
+    acc = EventAccumulator(folder, size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
     return acc.Tags()
 

@@ -67,7 +67,9 @@ def finished(tmp_path):
     where = dirs(tmp_path)
     _ok(run_main(ONE_EPOCH + where))
     folder = os.path.join(tmp_path, "ck", TITLE)
-    assert sorted(os.listdir(folder)) == [".lock", "best.pt", "epoch_0.pt", "init.pt", "last.pt"]
+    checkpoints = sorted(n for n in os.listdir(folder) if n.endswith(".pt"))
+    assert checkpoints == ["best.pt", "epoch_0.pt", "init.pt", "last.pt"]
+    assert {".lock", "config.yaml", "metrics.jsonl"} <= set(os.listdir(folder))
     return folder, where
 
 
@@ -220,7 +222,7 @@ def test_workers_stop_when_their_launcher_is_killed(tmp_path):
         time.sleep(0.2)
     assert not _processes_with(str(tmp_path)), "workers outlived their launcher"
     folder = os.path.join(tmp_path, "ck", run_title(*parse_argv(args[:9])))
-    names = [n for n in os.listdir(folder) if not n.startswith(".")]
+    names = [n for n in os.listdir(folder) if n.endswith(".pt") and not n.startswith(".")]
     for name in names:  # whatever they wrote is whole
         read_checkpoint(os.path.join(folder, name))
     assert not [n for n in os.listdir(folder) if n.startswith(".tmp_")]

@@ -58,7 +58,7 @@ def unbroken(tmp_path_factory) -> str:
 def _epoch_line(stdout: str, epoch: int) -> str:
     """The console line of an epoch without its wall time."""
     (line,) = [ln for ln in stdout.splitlines() if ln.startswith(f"epoch {epoch}/")]
-    return re.sub(r"\s[0-9.]+s\s", " ", line)
+    return re.sub(r"[\d,]+ img/s|ETA \S+|\s[0-9.]+s\s", " ", line)
 
 
 def _resume(tmp) -> subprocess.CompletedProcess:

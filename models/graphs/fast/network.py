@@ -70,6 +70,12 @@ class FastGraphNet(nn.Module):
         self.eval()
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():  # TorchScript: one pass (the chunking is for eager CPU)
+            return self._forward(x)
+        return self._chunked(x)
+
+    @torch.jit.unused
+    def _chunked(self, x: Tensor) -> Tensor:
         per_image = self.floats_per_pixel * x.shape[2] * x.shape[3]
         if (
             x.is_cuda
