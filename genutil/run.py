@@ -111,7 +111,9 @@ def train(job: Job, resume_command: str = "") -> dict[str, Any]:
         f"=> {job.title}: {sum(p.numel() for p in job.model.parameters())} parameters on "
         f"{where}, {steps} steps per epoch; checkpoints in {job.folder}"
     )
-    job.write(describe(profile(job.model))[0])
+    counted = describe(profile(job.model))
+    for line in counted if not cfg.skip_profiling else counted[:1]:
+        job.write(line)
     job.write(fastpath.summary(job.device))
     distributed.barrier()  # no process writes before every process has passed its checks
     try:

@@ -66,7 +66,7 @@ class FastGraphNet(nn.Module):
         self.head = FastHead(plan.head)
         self._kept = plan.kept_channels()
         self._report = plan.report(backend)
-        self.requires_grad_(False)  # an inference model: no parameter needs a gradient
+        _buffers_only(self)  # an inference model: every weight a buffer, none a parameter
         self.eval()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -104,6 +104,18 @@ class FastGraphNet(nn.Module):
     def report(self) -> list[str]:
         """One line per Block and one for the stem/head: kept of total nodes, edges executed."""
         return list(self._report)
+
+
+def _buffers_only(module: nn.Module) -> None:
+    """Turn every parameter into a buffer of the same name: nothing here trains, and a count of
+    ``parameters()`` would otherwise see the stem's and miss the edges (buffers, CSR included).
+    The network's parameters as the paper counts them: ``genutil.api.profile`` of the full
+    model, or the ``metadata.json`` of an exported file."""
+    for sub in module.modules():
+        for name, param in list(sub._parameters.items()):
+            if param is not None:
+                del sub._parameters[name]
+                sub.register_buffer(name, param.detach())
 
 
 def _floats_per_input_pixel(plan: NetPlan) -> float:
