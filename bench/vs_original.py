@@ -1,7 +1,7 @@
 """Training step of our tiny models against the original's way of computing the same step,
 interleaved in one process so that the machine's drift cancels out.
 
-    python bench/vs_original.py                 # static and discrete-time DNW, 20 / 6 rounds
+    python bench/vs_original.py     # the four DNW models the paper trains on CIFAR-10
 
 The original's formulation, re-implemented here from its description (docs/faithfulness.md), not
 its code: one [B, dim] node state sliced by every step, dense 1x1 convolutions, the InstanceNorm
@@ -28,12 +28,21 @@ if ROOT not in sys.path:
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torchdiffeq import odeint  # noqa: E402
 
 from genutil import api  # noqa: E402
 from genutil.allocator import keep_freed_memory  # noqa: E402
 from models.graphs.edges import DNW, ChooseTopEdges, Graph  # noqa: E402
 
-__all__ = ["sorted_topk_weight", "original_static", "original_discrete", "main"]
+__all__ = [
+    "sorted_topk_weight",
+    "original_static",
+    "original_discrete",
+    "original_continuous",
+    "original_block",
+    "original_mobilenet",
+    "main",
+]
 
 
 def sorted_topk_weight(graph: Graph) -> torch.Tensor:
@@ -71,9 +80,59 @@ def original_discrete(m, x: torch.Tensor) -> torch.Tensor:
     return m._readout(out[:, -m.feature_dim :])
 
 
+def original_continuous(m, x: torch.Tensor) -> torch.Tensor:
+    """ContinuousTimeNeuralGraph's forward as the original computes it: dopri5 over an ODE
+    function whose ReLU clamps the solver's state in place, whose graph layer takes its top-k by
+    a full sort at every function evaluation, and whose products are dense."""
+    func = m.odesolve.odefunc
+
+    def f(t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        out = torch.relu_(state) if func.inplace_relu else torch.relu(state)
+        out = F.conv2d(func.conv(out), sorted_topk_weight(func.graph))
+        return func.norm(out)
+
+    t = torch.tensor([0.0, 1.0], dtype=x.dtype)
+    tol = m.odesolve.tol
+    out = odeint(f, m._nodes(x), t, rtol=tol, atol=tol, method="dopri5")[1]
+    return m._readout(out[:, -m.feature_dim :])
+
+
+def original_block(block, x: torch.Tensor) -> torch.Tensor:
+    """A MobileNetV1Like Block as the original computes it: one state of every target not yet
+    read, sliced by each layer, dense products, the top-k by a full sort."""
+    w = sorted_topk_weight(block.graph)
+    inp, oup = block.inp, block.oup
+    x = block.downsample(F.relu(block.norm[0](x)))
+    state = F.conv2d(x, w[:, :inp])
+    for i in range(block.blocks - 1):
+        h = F.relu(block.norm[i + 1](state[:, :oup]))
+        h = F.conv2d(h, block.conv.weight[i * oup : (i + 1) * oup], padding=1, groups=oup)
+        cols = slice(inp + i * oup, inp + (i + 1) * oup)
+        state = state[:, oup:] + F.conv2d(h, w[(i + 1) * oup :, cols])
+    return state
+
+
+def original_mobilenet(m, x: torch.Tensor) -> torch.Tensor:
+    """MobileNetV1Like's forward as the original computes it (its Blocks: ``original_block``)."""
+    out = m.conv1(x)
+    for block in m.layers:
+        out = original_block(block, out)
+    out = F.adaptive_avg_pool2d(F.relu(m.bn(out)), 1).flatten(1)
+    return m.linear(out)
+
+
 FORMULATIONS = {
     "apps/small_scale/static_dnw.yml": original_static,
     "apps/small_scale/discrete_time_dnw.yml": original_discrete,
+    "apps/small_scale/continuous_time_dnw.yml": original_continuous,
+    "apps/medium_scale/mobilenetv1_dnw_x225.yml": original_mobilenet,
+}
+
+
+# trained weights where the repository has them (the baseline's method), else the initialisation
+FIXTURES = {
+    "apps/small_scale/static_dnw.yml": "small_static_dnw.ckpt.pt",
+    "apps/medium_scale/mobilenetv1_dnw_x225.yml": "medium_mobilenetv1_dnw_x225.ckpt.pt",
 }
 
 
@@ -81,6 +140,8 @@ def compare(app: str, rounds: int, batch: int = 128) -> dict:
     """Median training step (s) of ours and of the original's formulation, interleaved."""
     torch.manual_seed(0)
     model = api.build_model(app).train()
+    if app in FIXTURES:
+        api.load_checkpoint(model, os.path.join(ROOT, "tests", "fixtures", "ckpt", FIXTURES[app]))
     x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     forwards = {"ours": model, "original's formulation": lambda t: FORMULATIONS[app](model, t)}
@@ -109,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds",
         type=int,
         nargs="+",
-        default=[20, 6],
+        default=[20, 6, 3, 5],
         help="rounds per experiment (one number for all, or one each)",
     )
     p.add_argument("--threads", type=int, default=2)
