@@ -4,6 +4,7 @@
     meta = load_checkpoint(model, "checkpoints/<title>/best.pt")
     params, macs = profile(model)
     small = fast_eval(model.eval(), backend="sparse")
+    net = wire(torchvision.models.mobilenet_v2(num_classes=10), graph="dnw", prune_rate=0.8)
 
 Errors are Python errors that name the argument at fault (ValueError, TypeError), or, for a file
 the user gave, a ``CheckpointError`` naming the file; the command line turns them into its own
@@ -24,8 +25,11 @@ from genutil.config import Config, config_from_dict, load_config
 from genutil.errors import CheckpointError, ConfigError
 from genutil.registry import resolve
 from models.contract import WiredNetwork, graph_layers, unwrap
+from models.wired import PruneRates, wirable_layers
+from models.wired import wire as _wire
 
 __all__ = [
+    "wire",
     "build_model",
     "model_from_config",
     "load_checkpoint",
@@ -36,7 +40,32 @@ __all__ = [
     "resolve_backend",
     "export_model",
     "unwrap",
+    "wirable_layers",
 ]
+
+
+def wire(
+    model: nn.Module,
+    graph: str = "dnw",
+    prune_rate: PruneRates = 0.5,
+    include: Any = None,
+    exclude: Any = None,
+    **options: Any,
+) -> nn.Module:
+    """DNW on any network: every ``nn.Conv2d`` with a 1x1 kernel and ``groups == 1`` of
+    ``model`` becomes a graph layer of edge type ``graph`` (``dnw``: top ``n - int(p * n)``
+    edges of largest |w| forward, gradient to every edge backward; ``random``: a fixed random
+    mask of that many edges; any edge type of ``models.graphs.edges.GRAPH_TYPES``), keeping its
+    weight values, bias, stride and padding. Returns ``model``, wired in place; the contract's
+    tools (``profile``, ``fast_eval``, figures, checkpoints) then work on it.
+
+    ``prune_rate``: one rate, {layer name or pattern: rate} (first match; '*' for the others),
+    or a function (name, conv) -> rate. ``include``/``exclude``: layer names or ``fnmatch``
+    patterns (``"features.*"``). ``options``: ``rho``, ``td_abs`` (targeted dropout),
+    ``input_size``, ``in_channels`` (what ``profile`` counts at; default 224 and the first
+    layer's channels). ValueError for an unknown edge type, a bad rate, or no 1x1 convolution
+    to wire. See ``models/wired.py``; ``wirable_layers(model)`` lists what would be wired."""
+    return _wire(model, graph, prune_rate, include, exclude, **options)
 
 
 def model_from_config(cfg: Config) -> nn.Module:
@@ -45,7 +74,10 @@ def model_from_config(cfg: Config) -> nn.Module:
     try:
         return cls.from_config(cfg)
     except ValueError as e:  # a model rejects its arguments: a config problem
-        raise ConfigError(f"{cfg.model} cannot be built: {e}") from None
+        said = str(e)
+        raise ConfigError(
+            said if cfg.model in said else f"{cfg.model} cannot be built: {e}"
+        ) from None
 
 
 def build_model(app_path: str, **overrides: Any) -> nn.Module:

@@ -57,8 +57,8 @@ def _choices(f: dataclasses.Field) -> Optional[tuple]:
 
 def _f(default: Any, help: str, choices: Any = None) -> Any:
     meta = {"help": help, "choices": choices}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -67,7 +67,24 @@ class Config:
     """Every key an experiment file or the command line may set. Names are the original's."""
 
     # what to run
-    model: str = _f("", "model class as 'module.path:ClassName' under models.")
+    model: str = _f(
+        "",
+        "the network: 'module.path:Name', a class under models., or any importable class or "
+        "function that returns an nn.Module (e.g. torchvision.models:mobilenet_v2)",
+    )
+    model_kwargs: dict = _f(
+        {}, "a network named outside models.: its keyword arguments (a mapping, YAML on the CLI)"
+    )
+    wire: bool = _f(
+        False,
+        "a network named outside models.: make its 1x1 convolutions graph layers of edge type "
+        "graph at prune_rate (models/wired.py)",
+    )
+    wire_include: list = _f([], "wire: only the 1x1 convolutions these name patterns match")
+    wire_exclude: list = _f([], "wire: leave out the 1x1 convolutions these name patterns match")
+    wire_prune_rates: dict = _f(
+        {}, "wire: {name pattern: prune rate} for some layers (first match; others: prune_rate)"
+    )
     data: str = _f("", "dataset class as 'module.path:ClassName' under data.")
     # data
     data_dir: str = _f("./datasets", "root folder of the datasets (--data-dir)")
@@ -324,6 +341,13 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
                 raise bad("a finite number")
             return float(value)
         raise bad("a number")
+    if isinstance(default, dict):
+        return _coerce_mapping(name, value, where)
+    if name in ("wire_include", "wire_exclude"):
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, str) and v for v in items):
+            raise bad("a list of module-name patterns (strings)")
+        return list(items)
     if isinstance(default, list):
         items = value if isinstance(value, list) else [value]
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
@@ -339,6 +363,31 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
         allowed = ", ".join(repr(c) for c in choices)
         raise ConfigError(f"{where} is not one of {allowed}: set {name} to one of them")
     return value
+
+
+def _coerce_mapping(name: str, value: Any, where: str) -> dict:
+    """A mapping key: from the experiment file as it is, from the command line as YAML text
+    (``--model_kwargs "{num_classes: 10}"``)."""
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value) if value.strip() else {}
+        except yaml.YAMLError:
+            value = "not YAML"
+    if value is None:
+        value = {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(
+            f"{where} is not a mapping of names to values: write it as {{key: value, ...}}"
+        )
+    if name == "wire_prune_rates":
+        for pattern, rate in value.items():
+            ok = isinstance(rate, (int, float)) and not isinstance(rate, bool)
+            if not ok or not 0 <= rate < 1:
+                raise ConfigError(
+                    f"{where}: the rate of {pattern!r} is {rate!r}: give a number in [0, 1)"
+                )
+        return {k: float(v) for k, v in value.items()}
+    return dict(value)
 
 
 def _validate(cfg: Config) -> None:
@@ -462,7 +511,8 @@ def config_from_dict(values: dict) -> Config:
     run that happened."""
     names = {f.name for f in dataclasses.fields(Config)}
     kept = {k: v for k, v in values.items() if k in names}
-    for key in ("multistep_lr_milestones", "topk", "gpus", "set_keys"):
+    for key in ("multistep_lr_milestones", "topk", "gpus", "set_keys", "wire_include",
+                "wire_exclude"):  # fmt: skip
         if isinstance(kept.get(key), (list, tuple)):
             kept[key] = list(kept[key]) if key != "set_keys" else tuple(kept[key])
     return Config(**kept)

@@ -1,7 +1,10 @@
-"""Resolve the experiment file's ``module.path:ClassName`` strings to classes.
+"""Resolve the experiment file's ``module.path:Name`` strings to what builds the model / data.
 
-Only modules under ``models.`` (for ``model:``) and ``data.`` (for ``data:``) are importable
-this way, so an experiment file cannot make the framework import arbitrary code.
+``data:`` names a class under ``data.``. ``model:`` names a network of the project (a class under
+``models.``), or ANY importable class or function that returns an ``nn.Module`` (a user's module
+on ``PYTHONPATH``, ``torchvision.models:mobilenet_v2``), built with ``model_kwargs`` and wired
+with ``wire: True`` (``models/wired.py``). An experiment file that names code makes the
+framework import and run that code: trust an experiment file as you would any Python file.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+from typing import Any
 
 from genutil.errors import ConfigError
 
@@ -17,9 +21,13 @@ __all__ = ["resolve"]
 _PACKAGES = {"model": "models", "data": "data"}
 
 
-def resolve(spec: str, kind: str) -> type:
-    """Return the class named by ``spec`` ('module.path:ClassName') for ``kind`` model|data."""
+def resolve(spec: str, kind: str) -> Any:
+    """What ``spec`` ('module.path:Name') names for ``kind`` model|data: a class with
+    ``from_config(cfg)``; for a model outside ``models.``, an ``ImportedModel`` (which has one
+    too) unless it names a ``WiredNetwork`` class with its own."""
     package = _PACKAGES[kind]
+    if kind == "model" and ":" in spec and spec.partition(":")[0].split(".")[0] != package:
+        return _imported_model(spec)
     if ":" not in spec:
         raise ConfigError(
             f"{kind}: {spec!r} is not 'module.path:ClassName': write it that way, "
@@ -52,3 +60,22 @@ def resolve(spec: str, kind: str) -> type:
             f"{kind}: {module_name} has no class {class_name}{hint}: fix the {kind}: entry"
         )
     return cls
+
+
+def _imported_model(spec: str) -> Any:
+    from models.contract import WiredNetwork  # noqa: PLC0415  (imports torch: on demand)
+    from models.wired import ImportedModel, import_object  # noqa: PLC0415
+
+    try:
+        target = import_object(spec)
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None
+    if inspect.isclass(target) and issubclass(target, WiredNetwork):
+        if hasattr(target, "from_config"):
+            return target
+    if not callable(target):
+        raise ConfigError(
+            f"model: {spec} is a {type(target).__name__}, not a network class or a function "
+            "that returns one: fix the model: entry"
+        )
+    return ImportedModel(spec, target)

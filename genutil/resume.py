@@ -140,7 +140,7 @@ class CheckpointHook:
 MODEL_KEYS = (
     "model", "graph", "prune_rate", "dim", "downsample_dim", "feature_dim", "layers", "setting",
     "small", "width_mult", "image_size", "in_channels", "output_size", "rho", "td_abs",
-    "ode_inplace_relu",
+    "ode_inplace_relu", "model_kwargs", "wire", "wire_include", "wire_exclude", "wire_prune_rates",
 )  # fmt: skip
 _TRAINING_KEYS = (
     "data", "batch_size", "lr", "lr_scheduler", "multistep_lr_milestones", "multistep_lr_gamma",

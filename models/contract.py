@@ -11,7 +11,7 @@ never look inside it. A new network subclasses ``WiredNetwork`` (docs/architectu
         def forward(self, x): ...
 
 What it gets for free (generic defaults, right for any network whose graph layers are called as
-modules, like ``wired.WiredConv2d`` and ``edges.Graph``):
+modules, like the ``edges.Graph`` layers that ``models/wired.py`` puts into any network):
 
 - ``graph_layers()``: every ``edges.Graph`` module, all entries readable, no DAG layout;
 - ``profile()``: kept edges plus every other parameter; multiply-adds of one forward at

@@ -1,9 +1,9 @@
 """The default fast-evaluation plan of the contract: the network with each graph layer frozen to
 its kept edges (``WiredNetwork.fast_plan``).
 
-Any network whose graph layers run as modules (``edges.Graph`` and ``wired.WiredConv2d``) gets
-this for free: a copy in eval mode where every graph layer is a ``KeptEdges`` module that holds
-only the kept edges and runs them
+Any network whose graph layers run as ``edges.Graph`` modules (those of ``models/wired.py`` too)
+gets this for free: a copy in eval mode where every graph layer is a ``KeptEdges`` module that
+holds only the kept edges and runs them
 
 - ``sparse``: as one CSR product over the channels of the whole batch (``[n_out, n_in]`` kept
   edges times ``[n_in, N*H*W]``): the work is the kept edges, not the dense weight;
@@ -38,8 +38,11 @@ class KeptEdges(nn.Module):
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r} cannot run these layers: choose {BACKENDS}")
         self.sparse = backend == "sparse"
-        self.stride = int(layer.stride[0])
-        self.padding = int(layer.padding[0]) if isinstance(layer.padding, tuple) else 0
+        self.stride = tuple(int(s) for s in layer.stride)
+        # a 1x1 kernel: 'same' and 'valid' pad nothing; (top/bottom, left/right) otherwise
+        padding = layer.padding if isinstance(layer.padding, tuple) else (0, 0)
+        self.padding = tuple(int(p) for p in padding)
+        self.padding_mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
         w = weight.detach().float().reshape(weight.shape[0], weight.shape[1])  # [n_out, n_in]
         self.nnz = int(torch.count_nonzero(w))
         self.out_channels, self.in_channels = w.shape
@@ -53,12 +56,13 @@ class KeptEdges(nn.Module):
             self.register_buffer("weight", w[:, :, None, None].clone())
 
     def forward(self, x: Tensor) -> Tensor:
+        if any(self.padding):
+            ph, pw = self.padding
+            x = F.pad(x, [pw, pw, ph, ph], mode=self.padding_mode)
         if not self.sparse:
-            return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
-        if self.padding:
-            x = F.pad(x, [self.padding] * 4)
-        if self.stride > 1:
-            x = x[:, :, :: self.stride, :: self.stride]
+            return F.conv2d(x, self.weight, self.bias, self.stride)
+        if self.stride != (1, 1):
+            x = x[:, :, :: self.stride[0], :: self.stride[1]]
         n, c, h, w = x.shape
         cols = x.permute(1, 0, 2, 3).reshape(c, n * h * w)  # [n_in, N*H*W]
         out = torch.mm(self.weight, cols).view(self.out_channels, n, h, w).permute(1, 0, 2, 3)
@@ -71,6 +75,7 @@ class KeptEdges(nn.Module):
         return (
             f"{self.in_channels} -> {self.out_channels}, {self.nnz} kept edges ({kind}), "
             f"stride={self.stride}, padding={self.padding}"
+            + (f", padding_mode={self.padding_mode}" if any(self.padding) else "")
         )
 
 

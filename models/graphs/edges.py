@@ -19,7 +19,6 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from models.graphs import fastpath
@@ -59,7 +58,8 @@ class ChooseTopEdges(torch.autograd.Function):
 
 
 class Graph(nn.Conv2d):
-    """Base graph layer: a bias-free 1x1 conv whose effective weight comes from ``get_weight``.
+    """Base graph layer: a 1x1 conv whose effective weight comes from ``get_weight`` (bias-free,
+    stride 1, unless ``models/wired.py`` gives it those of the convolution it replaces).
 
     In eval mode without autograd the effective weight cannot change between forwards unless
     the weight (or mask) does, so it is kept (fastpath switch ``eval_cache``) until the weight
@@ -125,7 +125,9 @@ class Graph(nn.Conv2d):
         super()._load_from_state_dict(*args, **kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(x, self.get_weight())
+        # the layer's own bias, stride and padding (none in the project's networks; a wired
+        # 1x1 convolution keeps its own: models/wired.py)
+        return self._conv_forward(x, self.get_weight(), self.bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, prune_rate={self.prune_rate}"

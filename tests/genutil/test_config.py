@@ -194,3 +194,36 @@ def test_key_equals_value_and_non_finite_numbers_and_duplicates(tmp_path):
     path.write_text(open(APP).read() + "seed: 3\n")
     with pytest.raises(ConfigError, match="sets 'seed' twice"):
         load_config(str(path))
+
+
+def test_an_imported_network_reads_its_own_keys(tmp_path):
+    """model: any importable network; model_kwargs a mapping (YAML text on the command line);
+    the wiring keys act only with wire: True."""
+    app = tmp_path / "tv.yml"
+    app.write_text(
+        "model: torchvision.models:resnet18\nmodel_kwargs: {num_classes: 10}\n"
+        "data: data.digits:Digits\nwire: True\nprune_rate: 0.5\nwire_exclude: layer4.*\n"
+    )
+    cfg = load_config(str(app), {"model_kwargs": "{num_classes: 10, zero_init_residual: true}"})
+    assert cfg.model_kwargs == {"num_classes": 10, "zero_init_residual": True}
+    assert cfg.wire_exclude == ["layer4.*"] and cfg.wire_include == []
+    model_cls, data_cls = resolve(cfg.model, "model"), resolve(cfg.data, "data")
+    assert model_cls.__name__ == "torchvision.models:resnet18"
+    assert check_keys_used(cfg, model_cls, data_cls) == []
+    unwired = load_config(str(app), {"wire": False})
+    with pytest.raises(ConfigError, match="prune_rate is not read by torchvision.models:resnet18"):
+        check_keys_used(unwired, model_cls, data_cls)
+    for bad, match in (
+        ({"model_kwargs": "[1, 2]"}, "not a mapping"),
+        ({"model_kwargs": "{a: [1"}, "not a mapping"),
+        ({"wire_prune_rates": "{layer1.*: 1.5}"}, r"rate of 'layer1\.\*' is 1\.5"),
+        ({"wire_include": 3}, "module-name patterns"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            load_config(str(app), bad)
+    rates = load_config(str(app), {"wire_prune_rates": "{layer1.*: 0.25}"}).wire_prune_rates
+    assert rates == {"layer1.*": 0.25}
+    with pytest.raises(ConfigError, match="not found.*PYTHONPATH"):
+        resolve("no_such_package_xyz.nets:Net", "model")
+    with pytest.raises(ConfigError, match="did you mean 'resnet18'"):
+        resolve("torchvision.models:resnet1", "model")

@@ -24,6 +24,18 @@ pytestmark = pytest.mark.slow  # end to end: main.py or its parts, in subprocess
 
 EXISTING = [QUICKSTART, "--dim", "160", "--feature_dim", "32", "--num_epochs", "1", "--noprogress"]
 QS = Path(ROOT, "apps", "quickstart", "static_dnw.yml").read_text()
+# an imported network (models/wired.py) on the bundled digits
+WIRED = """model: {model}
+model_kwargs:
+  num_classes: 10
+{extra}data: data.digits:Digits
+workers: 0
+num_epochs: 1
+image_size: 32
+wire: True
+graph: dnw
+prune_rate: 0.5
+"""
 IMAGENET_APP = "app:apps/large_scale/mobilenetv1_dnw_x225.yml"
 CIFAR_APP = "app:apps/small_scale/static_dnw.yml"
 
@@ -111,10 +123,40 @@ ROWS = [
         files=_yml(QS.replace(":StaticNeuralGraph", ":NoSuchGraph")),
     ),
     Row(
-        "model module outside models.",
+        "model module that does not exist",
         ["app:{in}/exp.yml"],
-        ["outside the models/"],
-        files=_yml(QS.replace("models.graphs.neuralgraph:StaticNeuralGraph", "os:system")),
+        ["no_such_lab.nets", "not found", "PYTHONPATH"],
+        files=_yml(WIRED.format(model="no_such_lab.nets:Net", extra="")),
+    ),
+    Row(
+        "model_kwargs the network does not take",
+        ["app:{in}/exp.yml"],
+        ["model_kwargs", "widht"],
+        files=_yml(WIRED.format(model="torchvision.models:resnet18", extra="  widht: 2\n")),
+    ),
+    Row(
+        "wire a network without a 1x1 convolution",
+        ["app:{in}/exp.yml"],
+        ["no 1x1 convolution"],
+        files=_yml(WIRED.format(model="torchvision.models:alexnet", extra="")),
+    ),
+    Row(
+        "wire with a key the unwired network does not read",
+        ["app:{in}/exp.yml", "--wire", "False"],
+        ["graph is not read", "remove graph"],
+        files=_yml(WIRED.format(model="torchvision.models:resnet18", extra="")),
+    ),
+    Row(
+        "model_kwargs that are not a mapping",
+        ["app:{in}/exp.yml", "--model_kwargs", "[1, 2]"],
+        ["model_kwargs", "not a mapping"],
+        files=_yml(WIRED.format(model="torchvision.models:resnet18", extra="")),
+    ),
+    Row(
+        "an imported network whose outputs do not fit output_size",
+        ["app:{in}/exp.yml", "--model_kwargs", "{num_classes: 1000}"],
+        ["(2, 1000)", "num_classes"],
+        files=_yml(WIRED.format(model="torchvision.models:resnet18", extra="")),
     ),
     Row(
         "data module outside data.",
