@@ -42,7 +42,17 @@ import torch  # noqa: E402
 
 from genutil.errors import UserError  # noqa: E402
 
-__all__ = ["ROWS", "PROTOCOLS", "Protocol", "run_row", "write_markdown", "write_chart", "main"]
+__all__ = [
+    "ROWS",
+    "PROTOCOLS",
+    "Protocol",
+    "run_row",
+    "train_recorded",
+    "write_result",
+    "write_markdown",
+    "write_chart",
+    "main",
+]
 
 SETTINGS = ("static", "discrete_time", "continuous")
 SETTING_NAMES = {
@@ -118,11 +128,7 @@ def _device() -> str:
 
 def run_row(stem: str, setting: str, seed: int, protocol: Protocol, args) -> Optional[dict]:
     """Train (or skip, if finished) one row at one seed; its result, None if interrupted."""
-    # heavy imports once the arguments are valid
-    from genutil import api, process, report  # noqa: PLC0415
-    from genutil.checkpoint import read_checkpoint  # noqa: PLC0415
-    from genutil.config import load_config, run_title  # noqa: PLC0415
-    from genutil.run import run  # noqa: PLC0415
+    from genutil.config import run_title  # noqa: PLC0415  (heavy imports once args are valid)
 
     app = os.path.join(APP_DIR, stem + ".yml")
     epochs = protocol.epochs[setting]
@@ -136,9 +142,38 @@ def run_row(stem: str, setting: str, seed: int, protocol: Protocol, args) -> Opt
         workers=protocol.workers,
     )
     title = run_title(app, overrides)
+    result = train_recorded(app, overrides, title, f"{stem} seed {seed}", epochs, args)
+    if result is None or "stem" in result:  # stopped, or finished by an earlier invocation
+        return result
+    result = dict(
+        stem=stem,
+        setting=setting,
+        seed=seed,
+        title=title,
+        epochs=epochs,
+        train_subset=protocol.train_subset,
+        **result,
+    )
+    result["stored_params"] = result.pop("dense_params")
+    return write_result(os.path.join(args.work, "results", title + ".json"), result)
+
+
+def train_recorded(
+    app: str, overrides: dict, title: str, tag: str, epochs: int, args
+) -> Optional[dict]:
+    """Train the run ``title`` of experiment file ``app`` with ``overrides`` through
+    ``genutil.run.run`` (resumed from its ``last.pt`` if an earlier invocation was stopped),
+    its checkpoints and record under ``args.work``; its figures from the run record, or None
+    if it stopped before ``epochs``. A run whose result file exists is not trained again: that
+    result is returned as stored."""
+    from genutil import api, process, report  # noqa: PLC0415
+    from genutil.checkpoint import read_checkpoint  # noqa: PLC0415
+    from genutil.config import load_config  # noqa: PLC0415
+    from genutil.run import run  # noqa: PLC0415
+
     result_path = os.path.join(args.work, "results", title + ".json")
     if os.path.exists(result_path):
-        print(f"[{stem} seed {seed}] finished earlier: {result_path}")
+        print(f"[{tag}] finished earlier: {result_path}")
         with open(result_path) as f:
             return json.load(f)
     cfg = load_config(
@@ -158,7 +193,7 @@ def run_row(stem: str, setting: str, seed: int, protocol: Protocol, args) -> Opt
     with open(os.path.join(args.work, "logs", title + ".log"), "a") as log_file:
 
         def write(line: str) -> None:
-            print(f"[{stem} seed {seed}] {line}", flush=True)
+            print(f"[{tag}] {line}", flush=True)
             log_file.write(line + "\n")
 
         start = time.perf_counter()
@@ -173,16 +208,10 @@ def run_row(stem: str, setting: str, seed: int, protocol: Protocol, args) -> Opt
     if int(ckpt.get("epoch", -1)) != epochs or ckpt.get("batch", 0):
         return None  # stopped by a signal: the next invocation continues it
     (summary,) = report.collect([os.path.dirname(last)])  # the run's own record
-    result = dict(
-        stem=stem,
-        setting=setting,
-        seed=seed,
-        title=title,
-        epochs=epochs,
-        train_subset=protocol.train_subset,
+    return dict(
         top1=summary.final_top1,
         params=summary.params,
-        stored_params=sum(p.numel() for p in api.model_from_config(cfg).parameters()),
+        dense_params=sum(p.numel() for p in api.model_from_config(cfg).parameters()),
         device=_device(),
         wall_s=wall,
         load_avg_15min=os.getloadavg()[2],  # other processes on the machine inflate wall_s
@@ -192,11 +221,15 @@ def run_row(stem: str, setting: str, seed: int, protocol: Protocol, args) -> Opt
         checkpoints=os.path.dirname(last),
         finished=time.strftime("%Y-%m-%d %H:%M"),
     )
-    os.makedirs(os.path.dirname(result_path), exist_ok=True)
-    tmp = result_path + ".tmp"
-    with open(tmp, "w") as f:
+
+
+def write_result(path: str, result: dict) -> dict:
+    """``result`` as JSON at ``path``, whole or not at all (a kill never leaves half a result
+    that a rerun would trust); returns it."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
         json.dump(result, f, indent=1)
-    os.replace(tmp, result_path)  # a kill never leaves half a result that a rerun would trust
+    os.replace(path + ".tmp", path)
     return result
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -44,7 +43,7 @@ if ROOT not in sys.path:  # run as a script: the repository's packages
 
 import torch  # noqa: E402
 
-from bench.reproduce import _add_time, _device, _duration  # noqa: E402
+from bench.reproduce import _device, _duration, train_recorded, write_result  # noqa: E402
 from genutil.errors import UserError  # noqa: E402
 
 __all__ = ["ROWS", "PROTOCOLS", "WiredProtocol", "run_one", "write_markdown", "write_chart", "main"]
@@ -81,14 +80,10 @@ PROTOCOLS = {
 
 def run_one(label: str, stem: str, extra: dict, seed: int, protocol: WiredProtocol, args):
     """Train (or skip, if finished) one row at one seed; its result, None if interrupted."""
-    from genutil import process, report  # noqa: PLC0415
-    from genutil.checkpoint import read_checkpoint  # noqa: PLC0415
-    from genutil.config import load_config, run_title  # noqa: PLC0415
-    from genutil.run import run  # noqa: PLC0415
+    from genutil.config import run_title  # noqa: PLC0415  (heavy imports once args are valid)
 
     app = os.path.join(APP_DIR, stem + ".yml")
     overrides = dict(
-        model_kwargs=MODEL_KWARGS,
         num_epochs=protocol.epochs,
         seed=seed,
         train_subset=protocol.train_subset,
@@ -97,67 +92,20 @@ def run_one(label: str, stem: str, extra: dict, seed: int, protocol: WiredProtoc
         workers=protocol.workers,
         **extra,
     )
-    title = run_title(app, {k: v for k, v in overrides.items() if k != "model_kwargs"})
-    title += "_width_mult=0.5"
-    result_path = os.path.join(args.work, "results", title + ".json")
-    if os.path.exists(result_path):
-        print(f"[{label} seed {seed}] finished earlier: {result_path}")
-        with open(result_path) as f:
-            return json.load(f)
-    cfg = load_config(
-        app,
-        {
-            **overrides,
-            "data_dir": args.data_dir,
-            "resume": "auto",
-            "save_dir": os.path.join(args.work, "checkpoints"),
-            "log_dir": os.path.join(args.work, "tensorboard"),
-            "progress": False,
-        },
-    )
-    last = os.path.join(cfg.save_dir, title, "last.pt")
-    resumed = os.path.exists(last)
-    os.makedirs(os.path.join(args.work, "logs"), exist_ok=True)
-    with open(os.path.join(args.work, "logs", title + ".log"), "a") as log_file:
-
-        def write(line: str) -> None:
-            print(f"[{label} seed {seed}] {line}", flush=True)
-            log_file.write(line + "\n")
-
-        start = time.perf_counter()
-        write(process.configure(cfg))
-        try:
-            run(cfg, title, write=write)
-        finally:
-            wall = _add_time(
-                os.path.join(args.work, "logs", title + ".seconds"), time.perf_counter() - start
-            )
-    ckpt = read_checkpoint(last)
-    if int(ckpt.get("epoch", -1)) != protocol.epochs or ckpt.get("batch", 0):
-        return None
-    (summary,) = report.collect([os.path.dirname(last)])
+    title = run_title(app, overrides) + "_width_mult=0.5"  # model_kwargs, said shortly
+    overrides["model_kwargs"] = MODEL_KWARGS
+    result = train_recorded(app, overrides, title, f"{label} seed {seed}", protocol.epochs, args)
+    if result is None or "label" in result:  # stopped, or finished by an earlier invocation
+        return result
     result = dict(
         label=label,
         seed=seed,
         title=title,
         epochs=protocol.epochs,
         train_subset=protocol.train_subset,
-        top1=summary.final_top1,
-        params=summary.params,
-        device=_device(),
-        wall_s=wall,
-        load_avg_15min=os.getloadavg()[2],
-        cpu_count=os.cpu_count(),
-        resumed=resumed,
-        torch=torch.__version__,
-        checkpoints=os.path.dirname(last),
-        finished=time.strftime("%Y-%m-%d %H:%M"),
+        **result,
     )
-    os.makedirs(os.path.dirname(result_path), exist_ok=True)
-    with open(result_path + ".tmp", "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(result_path + ".tmp", result_path)
-    return result
+    return write_result(os.path.join(args.work, "results", title + ".json"), result)
 
 
 def _mean_std(values: list) -> tuple[float, float]:
