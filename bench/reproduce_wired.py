@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -56,6 +57,7 @@ ROWS = (
     ("dense (every edge)", "mobilenet_v2_fashion_mnist_dense", {}),
 )
 MODEL_KWARGS = {"num_classes": 10, "width_mult": 0.5}
+PRUNE_RATE = 0.8  # the experiment files' (both wirings)
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,27 @@ def _mean_std(values: list) -> tuple[float, float]:
     return mean_std(values)
 
 
+def _edges_changed(result: dict) -> list[int]:
+    """Edges changed per epoch of a finished run, from its record (``metrics.jsonl``)."""
+    path = os.path.join(result.get("checkpoints", ""), "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [int(r.get("edges_changed", 0)) for r in rows]
+
+
+def results_kept(runs: dict) -> int:
+    """Edges the wired rows keep: ``n - int(p * n)`` of each pointwise weight."""
+    import torchvision  # noqa: PLC0415
+
+    from models.wired import wirable_layers  # noqa: PLC0415
+
+    net = torchvision.models.mobilenet_v2(**MODEL_KWARGS)
+    sizes = [conv.weight.numel() for _, conv in wirable_layers(net)]
+    return sum(n - int(PRUNE_RATE * n) for n in sizes)
+
+
 def write_markdown(path: str, protocol: WiredProtocol, runs: dict, total_s: float) -> str:
     """The table with its caption; ``runs``: label -> results."""
     subset = f"{protocol.train_subset:,}" if protocol.train_subset else "60,000 (all)"
@@ -151,6 +174,24 @@ def write_markdown(path: str, protocol: WiredProtocol, runs: dict, total_s: floa
         else:
             how = "DNW ahead by more than twice the seed-to-seed spread"
         verdict = f"DNW - random = {gap:+.2f} points of top-1 ({how}), measured and not tuned."
+    churn = [_edges_changed(r) for r in runs.get("DNW", [])]
+    churn = [c for c in churn if c]
+    if churn:
+        first = sum(c[0] for c in churn) / len(churn)
+        last = sum(c[-1] for c in churn) / len(churn)
+        verdict += (
+            f" DNW's wiring changed {first:,.0f} edges in the first epoch and {last:,.0f} in the "
+            f"last (mean over seeds; {results_kept(runs):,} edges kept), so it had settled: the "
+            "gap is not a wiring still moving when training stopped."
+        )
+    busy = [r for rs in runs.values() for r in rs if r.get("load_avg_15min", 0) > r["cpu_count"]]
+    if busy:
+        loads = [r["load_avg_15min"] for r in busy]
+        verdict += (
+            f" The machine was shared while the table was made (15-minute load average "
+            f"{min(loads):.1f} to {max(loads):.1f} on {busy[0]['cpu_count']} cores at the ends of "
+            "runs): the wall times are longer than on an idle machine."
+        )
     lines += [
         "",
         f"Top-1 (%) on the full 10,000-image Fashion-MNIST test set after epoch "
