@@ -70,9 +70,9 @@ def _imported_model(spec: str) -> Any:
         target = import_object(spec)
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
-    if inspect.isclass(target) and issubclass(target, WiredNetwork):
-        if hasattr(target, "from_config"):
-            return target
+    builds_itself = callable(getattr(target, "from_config", None))
+    if inspect.isclass(target) and issubclass(target, WiredNetwork) and builds_itself:
+        return target  # a network written to the contract, with its own from_config
     if not callable(target):
         raise ConfigError(
             f"model: {spec} is a {type(target).__name__}, not a network class or a function "

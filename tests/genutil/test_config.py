@@ -227,3 +227,23 @@ def test_an_imported_network_reads_its_own_keys(tmp_path):
         resolve("no_such_package_xyz.nets:Net", "model")
     with pytest.raises(ConfigError, match="did you mean 'resnet18'"):
         resolve("torchvision.models:resnet1", "model")
+
+
+def test_a_contract_network_outside_the_repository_builds_itself(tmp_path, monkeypatch):
+    (tmp_path / "contract_lab.py").write_text(
+        "import torch.nn as nn\n"
+        "from models.contract import WiredNetwork\n"
+        "from models.graphs.edges import make_graph\n"
+        "class Net(WiredNetwork):\n"
+        "    def __init__(self, rate):\n"
+        "        super().__init__()\n"
+        "        self.g = make_graph('dnw', rate, 3, 10)\n"
+        "    @classmethod\n"
+        "    def from_config(cls, cfg):\n"
+        "        return cls(cfg.prune_rate)\n"
+        "    def forward(self, x):\n"
+        "        return self.g(x).mean((2, 3))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cls = resolve("contract_lab:Net", "model")
+    assert cls.__name__ == "Net" and cls.__module__ == "contract_lab"  # its own, not imported
