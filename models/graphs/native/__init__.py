@@ -36,6 +36,8 @@ __all__ = [
     "max_side",
     "node_forward",
     "node_backward",
+    "bn_node_forward",
+    "bn_node_backward",
     "eval_library",
     "BlockEval",
     "SOURCE",
@@ -167,6 +169,10 @@ def _load(path: str) -> ctypes.CDLL:
     lib.node_backward.argtypes = [p] * 8 + [i64, i64, p, i64] + [p] * 3 + [i64] * 4 + [c_int]
     lib.node_backward.restype = None
     lib.node_ops_max_side.restype = c_int
+    lib.bn_node_forward.argtypes = [p, i64] + [p] * 7 + [i64] * 5 + [c_float, c_int]
+    lib.bn_node_forward.restype = None
+    lib.bn_node_backward.argtypes = [p, i64] + [p] * 10 + [i64] * 5 + [c_int]
+    lib.bn_node_backward.restype = None
     return lib
 
 
@@ -274,6 +280,71 @@ def node_backward(
         torch.get_num_threads(),
     )  # fmt: skip
     return out, gk, ggamma, gbeta
+
+
+def _batch_stride(x: Tensor) -> int:
+    """x [B, C, H, W] float32 whose planes are contiguous and consecutive per sample (a channel
+    slice of a contiguous tensor will do): its batch stride."""
+    b, c, h, w = x.shape
+    if not (
+        x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and max(h, w) <= max_side()
+        and (b * c * h * w == 0 or x.stride()[1:] == (h * w, w, 1))
+        and (b <= 1 or x.stride()[0] >= c * h * w)
+    ):
+        raise ValueError(f"x {tuple(x.shape)} with strides {x.stride()}: planes must be dense")
+    return x.stride()[0]
+
+
+def bn_node_forward(
+    x: Tensor, k: Tensor, gamma: Tensor, beta: Tensor, eps: float, stride: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """y = depthwise3x3(relu(batch_norm(x)), stride) with the batch's statistics (training
+    BatchNorm) for x [B, C, H, W] (planes dense, see ``_batch_stride``), k [C, 1, 3, 3], gamma
+    and beta [C]. Returns y [B, C, H', W'], each channel's mean and rstd (for the backward) and
+    its unbiased variance (for the running statistics)."""
+    b, c, h, w = x.shape
+    sxb = _batch_stride(x)
+    k, gamma, beta = k.contiguous(), gamma.contiguous(), beta.contiguous()
+    if k.numel() != 9 * c or gamma.numel() != c or beta.numel() != c or stride < 1:
+        raise ValueError("bn_node_forward: k, gamma, beta do not match x's channels")
+    y = x.new_empty([b, c, (h - 1) // stride + 1, (w - 1) // stride + 1])
+    mean, rstd, var = x.new_empty(c), x.new_empty(c), x.new_empty(c)
+    library().bn_node_forward(
+        _ptr(x), sxb, _ptr(y), _ptr(k), _ptr(gamma), _ptr(beta), _ptr(mean), _ptr(rstd),
+        _ptr(var), b, c, h, w, stride, eps, torch.get_num_threads(),
+    )  # fmt: skip
+    return y, mean, rstd, var
+
+
+def bn_node_backward(
+    x: Tensor,
+    gy: Tensor,
+    k: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    stride: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (x, k, gamma, beta) of ``bn_node_forward`` for the output gradient gy; the x
+    gradient is a new contiguous [B, C, H, W] tensor."""
+    b, c, h, w = x.shape
+    sxb = _batch_stride(x)
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    gy = gy.contiguous()
+    if tuple(gy.shape) != (b, c, ho, wo) or gy.dtype != torch.float32:
+        raise ValueError(f"gy {tuple(gy.shape)} does not match the output of x {tuple(x.shape)}")
+    k, gamma, beta = k.contiguous(), gamma.contiguous(), beta.contiguous()
+    gx = x.new_empty([b, c, h, w])
+    gk, ggamma, gbeta = k.new_empty(k.shape), gamma.new_empty(c), gamma.new_empty(c)
+    library().bn_node_backward(
+        _ptr(x), sxb, _ptr(gy), _ptr(k), _ptr(gamma), _ptr(beta), _ptr(mean), _ptr(rstd),
+        _ptr(gx), _ptr(gk), _ptr(ggamma), _ptr(gbeta), b, c, h, w, stride,
+        torch.get_num_threads(),
+    )  # fmt: skip
+    return gx, gk, ggamma, gbeta
 
 
 class BlockEval:
