@@ -9,7 +9,8 @@ of float sums (the tests compare them, gradients included). All are on by defaul
 - ``sparse`` (CPU, float32): graph products over the kept edges only (CSR, 16 samples a call),
   and InstanceNorm as a GroupNorm of one channel per group.
 - ``native`` (CPU, float32): C/OpenMP node kernels, a node's norm, ReLU and depthwise conv in
-  one pass per plane (``models/graphs/native``).
+  one pass per plane (``models/graphs/native``); in evaluation without autograd, each Block of
+  the sparse ``fast_eval`` backend as one call (``native/block_eval.c``).
 - ``fused_static`` (CPU, float32, needs ``native``): the static model's whole graph as one
   autograd Function over those kernels (``static_fused.py``).
 - ``numpy_topk`` (CPU): the top-k threshold by NumPy's introselect (``selection.py``).

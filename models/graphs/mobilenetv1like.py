@@ -24,7 +24,7 @@ from torch import Tensor
 from models.contract import GraphLayer, NodeLayout, Profile, WiredNetwork
 from models.graphs import fastpath
 from models.graphs.edges import Graph, make_graph
-from models.graphs.ops import graph_conv, weight_slices
+from models.graphs.ops import bn_node_update, graph_conv, weight_slices
 
 __all__ = [
     "BLOCK_CFG",
@@ -143,9 +143,9 @@ class Block(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         w = self.get_weight()  # [num_targets, num_sources, 1, 1], once per forward: one top-k
         inp, oup = self.inp, self.oup
-        x = self.downsample(F.relu(self.norm[0](x)))  # the input nodes: BN, ReLU, depthwise
-        if fastpath.on(x):  # the same edges arranged for speed (_edges_fast)
+        if fastpath.on(x):  # the same nodes and edges arranged for speed (_edges_fast)
             return self._edges_fast(x, w)
+        x = self.downsample(F.relu(self.norm[0](x)))  # the input nodes: BN, ReLU, depthwise
         # The original's Block: one state of every target node not yet read. The inputs' edges
         # reach every target; then each intermediate layer is read off the front of the state,
         # runs its BN, ReLU and depthwise conv, and adds its edges into the later layers
@@ -159,11 +159,14 @@ class Block(nn.Module):
         return state
 
     def _edges_fast(self, x: Tensor, w: Tensor) -> Tensor:
-        """The output nodes [B, oup, H, W], same math as ``forward``: each target layer's input
+        """The output nodes [B, oup, H, W] from the Block's input ``x``, same math as
+        ``forward``: each node layer's BatchNorm, ReLU and depthwise conv is one
+        ``bn_node_update`` (one native kernel in training on the CPU), each target layer's input
         is a tensor of its own (slicing one state costs a zero-filled full-size gradient per
         slice), the edge slices share one gradient buffer (``weight_slices``), and the edge
         products take the CPU's sparse path (``graph_conv``)."""
         inp, oup = self.inp, self.oup
+        x = bn_node_update(x, self.downsample[0].weight, self.norm[0], self.stride)
         edges = weight_slices(  # the column ranges never overlap
             w,
             [(slice(None), slice(0, inp))]
@@ -174,9 +177,8 @@ class Block(nn.Module):
         )
         layers = list(graph_conv(x, edges[0]).split(oup, dim=1))
         for i in range(self.blocks - 1):
-            active = F.relu(self.norm[i + 1](layers[i]), inplace=True)
-            active = F.conv2d(
-                active, self.conv.weight[i * oup : (i + 1) * oup], padding=1, groups=oup
+            active = bn_node_update(
+                layers[i], self.conv.weight[i * oup : (i + 1) * oup], self.norm[i + 1]
             )
             out = graph_conv(active, edges[i + 1]).split(oup, dim=1)
             for j, part in enumerate(out, start=i + 1):

@@ -15,6 +15,9 @@ them.
   (static_fused.py) is built from them.
 - ``node_update``: a node's InstanceNorm, ReLU and depthwise convolution as one native kernel
   (models/graphs/native), one pass per plane forward and backward.
+- ``bn_node_update``: a MobileNet Block's node in training, BatchNorm with the batch's
+  statistics (and the running statistics' update), ReLU and the (strided) depthwise
+  convolution, as one native kernel forward and backward.
 - ``instance_norm``: ``group_norm`` with one channel per group is the same normalisation and is
   about 3x faster than ``instance_norm`` forward and backward.
 
@@ -34,7 +37,7 @@ from torch import Tensor
 from models.graphs import fastpath, native
 from models.graphs.products import SparseWeight, sparse_weight
 
-__all__ = ["graph_conv", "instance_norm", "node_update", "weight_slices"]
+__all__ = ["bn_node_update", "graph_conv", "instance_norm", "node_update", "weight_slices"]
 
 
 def _dense_weight_grad(grad: Tensor, x: Tensor) -> Tensor:
@@ -134,6 +137,64 @@ def node_update(
         return _NodeUpdate.apply(x, weight, gamma, beta, norm.eps if norm is not None else 0.0)
     h = torch.relu(x) if norm is None else torch.relu_(instance_norm(x, norm, lo))
     return F.conv2d(h, weight, padding=1, groups=c)
+
+
+class _BNNodeUpdate(torch.autograd.Function):
+    """``bn_node_update`` by the native kernels (node_ops.c, ``bn_node_*``)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, k: Tensor, gamma, beta, eps: float, stride: int):  # noqa: D102
+        y, mean, rstd, var = native.bn_node_forward(x, k, gamma, beta, eps, stride)
+        ctx.save_for_backward(x, k, gamma, beta, mean, rstd)
+        ctx.stride = stride
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, gy: Tensor, _gmean, _gvar):  # noqa: D102
+        x, k, gamma, beta, mean, rstd = ctx.saved_tensors
+        gx, gk, ggamma, gbeta = native.bn_node_backward(
+            x, gy, k, gamma, beta, mean, rstd, ctx.stride
+        )
+        return gx, gk, ggamma, gbeta, None, None
+
+
+def _native_bn(x: Tensor, norm: nn.BatchNorm2d, weight: Tensor) -> bool:
+    b, c, h, w = x.shape
+    return (
+        fastpath.native_on(x)
+        and norm.training
+        and norm.affine
+        and norm.track_running_stats
+        and norm.momentum is not None
+        and norm.running_mean is not None
+        and norm.weight.dtype == weight.dtype == torch.float32
+        and b * h * w > 1  # torch's BatchNorm refuses a single value per channel
+        and (b * c * h * w == 0 or x.stride()[1:] == (h * w, w, 1))
+    )
+
+
+def bn_node_update(x: Tensor, weight: Tensor, norm: nn.BatchNorm2d, stride: int = 1) -> Tensor:
+    """A MobileNet Block's node op: ``norm`` (a BatchNorm2d, in training with the batch's
+    statistics and the running statistics' update, in eval with its running statistics), ReLU,
+    then the 3x3 depthwise convolution ``weight`` [C, 1, 3, 3] with padding 1 and ``stride``, on
+    ``x`` [B, C, H, W], which is left unchanged.
+
+    In training on the CPU the native kernels do all three in one pass per plane, forward and
+    backward, and update the running statistics as BatchNorm does (momentum, unbiased variance,
+    ``num_batches_tracked``); elsewhere the torch ops.
+    """
+    c = x.shape[1]
+    if not _native_bn(x, norm, weight):
+        h = F.relu(norm(x))
+        return F.conv2d(h, weight, stride=stride, padding=1, groups=c)
+    y, mean, var = _BNNodeUpdate.apply(x, weight, norm.weight, norm.bias, norm.eps, stride)
+    with torch.no_grad():
+        m = norm.momentum
+        norm.num_batches_tracked.add_(1)
+        norm.running_mean.mul_(1 - m).add_(mean, alpha=m)
+        norm.running_var.mul_(1 - m).add_(var, alpha=m)
+    return y
 
 
 class _DisjointSlices(torch.autograd.Function):

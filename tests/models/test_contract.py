@@ -4,6 +4,7 @@ genutil's tools ask nothing else of a network."""
 
 from __future__ import annotations
 
+import copy
 import glob
 import os
 import re
@@ -101,22 +102,35 @@ def test_reference_forward_equals_the_fast_one(app):
     torch.manual_seed(0)
     model = api.build_model(os.path.join(ROOT, app), image_size=32).train()
     x = torch.randn(3, 3, 32, 32)
-    results = []
-    for enabled in (True, False):
+
+    def step(net: nn.Module, enabled: bool) -> tuple:
         with fastpath.use(enabled=enabled):
             torch.manual_seed(1)  # targeted dropout draws the same drops in both
-            model.zero_grad(set_to_none=True)
-            out = model(x)
-            (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-            grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-            results.append((out.detach(), grads))
-    (fast, g_fast), (ref, g_ref) = results
+            net.zero_grad(set_to_none=True)
+            out = net(x.to(next(net.parameters()).dtype))
+            (out * torch.linspace(-1, 1, out.numel()).to(out).view_as(out)).sum().backward()
+            return out.detach(), {n: p.grad.clone() for n, p in net.named_parameters()}
+
+    exact: dict = {}
+    start = copy.deepcopy(model)
+    (fast, g_fast), (ref, g_ref) = step(model, True), step(copy.deepcopy(start), False)
     assert (fast - ref).abs().max().item() <= 1e-5
     for name, g in g_ref.items():
         # relative to the tensor's size, with a floor for gradients that are zero in exact
         # arithmetic (a conv bias followed by BatchNorm) and only rounding noise here
         scale = g.abs().max().item()
-        assert (g_fast[name] - g).abs().max().item() <= 1e-4 * scale + 1e-5, name
+        if (g_fast[name] - g).abs().max().item() <= 1e-4 * scale + 1e-5:
+            continue
+        # The float32 reference can itself be off (the medium TD model's float32 torch ops put
+        # a BatchNorm bias gradient 18 % from the float64 one, and every gradient before it
+        # 8 %); then the reference forward in float64 decides, and the fast one must be the
+        # closer of the two.
+        if not exact:
+            exact.update(step(copy.deepcopy(start).double(), False)[1])
+        g64 = exact[name]
+        off_fast = (g_fast[name].double() - g64).abs().max().item()
+        assert off_fast <= 1e-4 * g64.abs().max().item() + 1e-5, name
+        assert off_fast < (g.double() - g64).abs().max().item(), name
 
 
 class OutsideNet(WiredNetwork):

@@ -7,7 +7,10 @@ returns the kept output nodes' maps [N, C_out, H', W']; ``BACKENDS[name](plan)``
   (each source layer feeds all later targets through one conv, zeros included).
 * ``sparse``: native torch sparse. The Block's source maps live channels-first in one buffer
   [num_sources, N*H*W]; each target layer is ONE product ``csr [n_i, S_<i] @ buffer[:S_<i]``
-  that only touches its in-edges (CPU: MKL, CUDA: cuSPARSE).
+  that only touches its in-edges (CPU: MKL, CUDA: cuSPARSE). On the CPU, where the native
+  kernels build (``fastpath`` switch ``native``), an eval forward runs each Block as one call
+  of ``models/graphs/native/block_eval.c`` instead: the same CSR rows, norms and filters, node
+  by node in one pass (``SparseBlock.native_form``).
 * ``dgl``: the same pull order as DGL message passing on the kept nodes: per target layer a
   bipartite graph (its sources -> its nodes), ``u_mul_e`` then ``sum`` at the target. DGL is
   imported when such a Block is built, never at module import.
@@ -28,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from models.graphs import fastpath
 from models.graphs.fast.plan import BlockPlan, NodeOps
 
 __all__ = [
@@ -201,6 +205,9 @@ class _PullBlock(nn.Module):
         self.num_outputs = plan.num_outputs
 
     def forward(self, x: Tensor) -> Tensor:
+        return self._pull(x)
+
+    def _pull(self, x: Tensor) -> Tensor:
         a = self.first(x)
         n, h, w = a.shape[0], a.shape[2], a.shape[3]
         buf = torch.empty([self.num_sources, n * h * w], dtype=a.dtype, device=a.device)
@@ -222,12 +229,87 @@ def _rows_to_columns(a: Tensor) -> Tensor:
 
 
 class SparseBlock(_PullBlock):
-    """Pull order with native torch CSR products."""
+    """Pull order with native torch CSR products; on the CPU without autograd, one native call
+    per Block where the kernels build (same CSR rows, see ``native_form``)."""
 
     def __init__(self, plan: BlockPlan) -> None:
         super().__init__(
             plan, [SparseEdges(*_layer_edges(plan, i)) for i in range(1, len(plan.layers) + 1)]
         )
+        self._native = None  # the native form, made at the first forward that takes it
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.jit.is_scripting():  # TorchScript: the torch ops
+            return self._pull(x)
+        return self._eager(x)
+
+    @torch.jit.unused
+    def _eager(self, x: Tensor) -> Tensor:
+        native = self.native_form(x)
+        if native is not None:
+            return native(x)
+        return self._pull(x)
+
+    @torch.jit.unused
+    def native_form(self, x: Tensor):
+        """The Block as one ``native.BlockEval`` for input ``x``, or None where the torch ops
+        run instead: autograd recording, not float32 on the CPU, the ``native`` switch off, no
+        compiler, or a node op the kernel lacks (InstanceNorm, a stride after the first layer).
+        Made from the module's buffers at the first use and kept; ``.to()`` and
+        ``load_state_dict`` drop it (it is remade from the new buffers)."""
+        if (torch.is_grad_enabled() and x.requires_grad) or not fastpath.native_on(x):
+            return None
+        if self._native is None:
+            self._native = self._make_native()
+        return self._native or None
+
+    @torch.jit.unused
+    def _make_native(self):
+        from models.graphs import native  # noqa: PLC0415
+
+        ops = [self.first] + [step.op for step in self.steps]
+        if native.eval_library() is None or any(
+            op.instance or (op.stride != 1 and op is not self.first) for op in ops
+        ):
+            return False  # remembered: this Block always runs the torch ops
+        edges = [step.edges for step in self.steps] + [self.out_edges]
+        crows, cols, vals, start = [torch.zeros(1, dtype=torch.long)], [], [], 0
+        for e in edges:
+            m = e.matrix
+            crows.append(m.crow_indices()[1:] + start)
+            cols.append(m.col_indices())
+            vals.append(m.values())
+            start += e.nnz
+        return native.BlockEval(
+            self.first.stride,
+            [op.size for op in ops],
+            torch.cat([op.scale for op in ops]),
+            torch.cat([op.shift for op in ops]),
+            torch.cat([op.weight for op in ops]),
+            torch.cat(crows),
+            torch.cat(cols) if cols else torch.zeros(0, dtype=torch.long),
+            torch.cat(vals) if vals else torch.zeros(0),
+            self.num_outputs,
+        )
+
+    @torch.jit.unused
+    def native_macs(self, x: Tensor, out: Tensor) -> int:
+        """Multiply-adds of a forward from ``x`` to ``out`` that ran natively (invisible to
+        torch's FlopCounterMode): each edge and each node's 9 taps once per output pixel; 0
+        where the torch ops ran."""
+        native = self.native_form(x)
+        if native is None:
+            return 0
+        per_pixel = int(native.val.numel()) + 9 * native.num_sources
+        return per_pixel * out.shape[0] * out.shape[2] * out.shape[3]
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .float(), ...: new buffers
+        self._native = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._native = None
+        super()._load_from_state_dict(*args, **kwargs)
 
 
 def dgl_available() -> bool:

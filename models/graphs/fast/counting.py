@@ -9,7 +9,10 @@ How (one forward of ``module`` on ``example``, divided by the batch size):
   one. We replace those two formulas by ones that, for a sparse first operand, count
   ``nnz x columns`` (the sparse backend: non-zeros x N*H*W per product).
 * DGL runs its kernels outside torch's dispatcher, so FlopCounterMode sees nothing of them: a
-  forward hook on each ``DGLEdges`` adds ``edges x columns`` of its input.
+  forward hook on each ``DGLEdges`` adds ``edges x columns`` of its input. The same for the
+  sparse backend's native Block kernel: a hook on each ``SparseBlock`` adds what
+  ``SparseBlock.native_macs`` reports (edges and 9 taps per node, per output pixel), 0 when
+  the Block ran torch ops.
 
 Not counted, by any backend or by the paper: BatchNorm/InstanceNorm, ReLU, additions of the
 push order, copies, and the global average pool (the paper counts the pool as s^2 per channel;
@@ -23,7 +26,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.graphs.fast.backends import DGLEdges
+from models.graphs.fast.backends import DGLEdges, SparseBlock
 
 __all__ = ["executed_macs"]
 
@@ -56,7 +59,13 @@ def executed_macs(module: nn.Module, example: Tensor) -> int:
     def hook(m: nn.Module, inputs: tuple, output: Tensor) -> None:
         outside[0] += m.nnz * int(inputs[0].shape[1])
 
+    def native(m: SparseBlock, inputs: tuple, output: Tensor) -> None:
+        outside[0] += m.native_macs(inputs[0], output)
+
     handles = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, DGLEdges)]
+    handles += [
+        m.register_forward_hook(native) for m in module.modules() if isinstance(m, SparseBlock)
+    ]
     try:
         counter = FlopCounterMode(
             display=False, custom_mapping={_aten.mm: _mm, _aten.addmm: _addmm}

@@ -1,9 +1,11 @@
-"""Native CPU kernels of the tiny models, compiled on first use with the system C compiler.
+"""Native CPU kernels, compiled on first use with the system C compiler.
 
-``node_ops.c`` fuses a node's InstanceNorm, ReLU and 3x3 depthwise convolution (forward and
-backward) into one pass per plane. It is plain C with OpenMP, built once per source, flags
-and CPU into a cache folder and loaded with ctypes; torch.compile's CPU backend works the same
-way (generated C++ built with the system compiler). Where no compiler works, ``library()`` is
+``node_ops.c`` (``library()``) fuses a node's InstanceNorm, ReLU and 3x3 depthwise
+convolution (forward and backward) into one pass per plane, for the tiny models' training;
+``block_eval.c`` (``eval_library()``, ``BlockEval``) runs a whole Block of a shrunk fast_eval
+network in one call. Both are plain C with OpenMP, built once per source, flags and CPU into a
+cache folder and loaded with ctypes; torch.compile's CPU backend works the same way (generated
+C++ built with the system compiler). Where no compiler works, ``library()`` is
 None and callers use the torch ops: same results, slower (bench/README.md).
 
 Cache folder: ``$DNW_NATIVE_CACHE``, else ``$XDG_CACHE_HOME/dnw-native``, else
@@ -34,12 +36,18 @@ __all__ = [
     "max_side",
     "node_forward",
     "node_backward",
+    "bn_node_forward",
+    "bn_node_backward",
+    "eval_library",
+    "BlockEval",
     "SOURCE",
+    "EVAL_SOURCE",
 ]
 
 log = logging.getLogger(__name__)
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node_ops.c")
+EVAL_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "block_eval.c")
 _FLAG_SETS = (
     ["-O3", "-march=native", "-fopenmp"],
     ["-O3", "-fopenmp"],  # compilers or CPUs without -march=native
@@ -47,6 +55,8 @@ _FLAG_SETS = (
 _LIB: Optional[ctypes.CDLL] = None
 _TRIED = False
 _ERROR = ""
+_EVAL_LIB: Optional[ctypes.CDLL] = None
+_EVAL_TRIED = False
 
 
 def build_error() -> str:
@@ -70,7 +80,7 @@ def library() -> Optional[ctypes.CDLL]:
     if not _TRIED:
         _TRIED = True
         try:
-            _LIB = _load(_build())
+            _LIB = _load(_build(SOURCE))
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
             _ERROR = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             log.warning("native CPU kernels unavailable (%s); using torch ops (slower)", _ERROR)
@@ -94,42 +104,58 @@ def _cpu_signature() -> str:
         return platform.processor() or platform.machine()
 
 
-def _cached(flags: list[str], source: bytes) -> str:
+def eval_library() -> Optional[ctypes.CDLL]:
+    """The fast_eval Block kernel (``block_eval.c``), built on first use; None where it cannot
+    be built (the sparse backend then runs torch ops)."""
+    global _EVAL_LIB, _EVAL_TRIED
+    if not _EVAL_TRIED:
+        _EVAL_TRIED = True
+        try:
+            _EVAL_LIB = _load_eval(_build(EVAL_SOURCE))
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            log.warning("native fast_eval kernel unavailable (%s); using torch ops", why)
+    return _EVAL_LIB
+
+
+def _cached(flags: list[str], source: bytes, name: str = "node_ops") -> str:
     """The library's path for these flags: keyed on the source, the flags and the CPU (not the
     compiler, so a cached build loads where no compiler is installed)."""
     key = hashlib.sha256(
         b"\0".join([source, " ".join(flags).encode(), _cpu_signature().encode()])
     ).hexdigest()[:16]
-    return os.path.join(cache_dir(), f"node_ops-{key}.so")
+    return os.path.join(cache_dir(), f"{name}-{key}.so")
 
 
-def _build() -> str:
-    with open(SOURCE, "rb") as f:
+def _build(path: str) -> str:
+    """Build the C file ``path`` (once per source, flags and CPU); the library's path."""
+    with open(path, "rb") as f:
         source = f.read()
+    name = os.path.splitext(os.path.basename(path))[0]
     for flags in _FLAG_SETS:
-        if os.path.exists(_cached(flags, source)):
-            return _cached(flags, source)
+        if os.path.exists(_cached(flags, source, name)):
+            return _cached(flags, source, name)
     cc = _compiler()
     errors = []
     for flags in _FLAG_SETS:
-        path = _cached(flags, source)
+        out = _cached(flags, source, name)
         os.makedirs(cache_dir(), exist_ok=True)
         # build beside the target and rename: a concurrent build (several DDP ranks) or a kill
         # midway never leaves a partial library under the final name
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_dir())
         os.close(fd)
-        cmd = [cc, *flags, "-shared", "-fPIC", "-o", tmp, SOURCE, "-lm"]
+        cmd = [cc, *flags, "-shared", "-fPIC", "-o", tmp, path, "-lm"]
         log.info("building native CPU kernels (once): %s", " ".join(cmd))
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             if done.returncode == 0:
-                os.replace(tmp, path)
-                return path
+                os.replace(tmp, out)
+                return out
             errors.append(((done.stderr or done.stdout).strip().splitlines() or ["failed"])[0])
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
-    raise RuntimeError(f"{cc} could not build {os.path.basename(SOURCE)}: {errors[-1]}")
+    raise RuntimeError(f"{cc} could not build {os.path.basename(path)}: {errors[-1]}")
 
 
 def _load(path: str) -> ctypes.CDLL:
@@ -143,6 +169,20 @@ def _load(path: str) -> ctypes.CDLL:
     lib.node_backward.argtypes = [p] * 8 + [i64, i64, p, i64] + [p] * 3 + [i64] * 4 + [c_int]
     lib.node_backward.restype = None
     lib.node_ops_max_side.restype = c_int
+    lib.bn_node_forward.argtypes = [p, i64] + [p] * 7 + [i64] * 5 + [c_float, c_int]
+    lib.bn_node_forward.restype = None
+    lib.bn_node_backward.argtypes = [p, i64] + [p] * 10 + [i64] * 5 + [c_int]
+    lib.bn_node_backward.restype = None
+    return lib
+
+
+def _load_eval(path: str) -> ctypes.CDLL:
+    lib = ctypes.CDLL(path)  # libgomp: torch's copy, as in _load
+    lib.block_eval.argtypes = (
+        [c_void_p] + [c_int64] * 9 + [c_void_p] * 7 + [c_int64] + [c_void_p] * 2 + [c_int]
+    )
+    lib.block_eval.restype = None
+    lib.block_eval_max_side.restype = c_int
     return lib
 
 
@@ -240,3 +280,151 @@ def node_backward(
         torch.get_num_threads(),
     )  # fmt: skip
     return out, gk, ggamma, gbeta
+
+
+def _batch_stride(x: Tensor) -> int:
+    """x [B, C, H, W] float32 whose planes are contiguous and consecutive per sample (a channel
+    slice of a contiguous tensor will do): its batch stride."""
+    b, c, h, w = x.shape
+    if not (
+        x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and max(h, w) <= max_side()
+        and (b * c * h * w == 0 or x.stride()[1:] == (h * w, w, 1))
+        and (b <= 1 or x.stride()[0] >= c * h * w)
+    ):
+        raise ValueError(f"x {tuple(x.shape)} with strides {x.stride()}: planes must be dense")
+    return x.stride()[0]
+
+
+def bn_node_forward(
+    x: Tensor, k: Tensor, gamma: Tensor, beta: Tensor, eps: float, stride: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """y = depthwise3x3(relu(batch_norm(x)), stride) with the batch's statistics (training
+    BatchNorm) for x [B, C, H, W] (planes dense, see ``_batch_stride``), k [C, 1, 3, 3], gamma
+    and beta [C]. Returns y [B, C, H', W'], each channel's mean and rstd (for the backward) and
+    its unbiased variance (for the running statistics)."""
+    b, c, h, w = x.shape
+    sxb = _batch_stride(x)
+    k, gamma, beta = k.contiguous(), gamma.contiguous(), beta.contiguous()
+    if k.numel() != 9 * c or gamma.numel() != c or beta.numel() != c or stride < 1:
+        raise ValueError("bn_node_forward: k, gamma, beta do not match x's channels")
+    y = x.new_empty([b, c, (h - 1) // stride + 1, (w - 1) // stride + 1])
+    mean, rstd, var = x.new_empty(c), x.new_empty(c), x.new_empty(c)
+    library().bn_node_forward(
+        _ptr(x), sxb, _ptr(y), _ptr(k), _ptr(gamma), _ptr(beta), _ptr(mean), _ptr(rstd),
+        _ptr(var), b, c, h, w, stride, eps, torch.get_num_threads(),
+    )  # fmt: skip
+    return y, mean, rstd, var
+
+
+def bn_node_backward(
+    x: Tensor,
+    gy: Tensor,
+    k: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    stride: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (x, k, gamma, beta) of ``bn_node_forward`` for the output gradient gy; the x
+    gradient is a new contiguous [B, C, H, W] tensor."""
+    b, c, h, w = x.shape
+    sxb = _batch_stride(x)
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    gy = gy.contiguous()
+    if tuple(gy.shape) != (b, c, ho, wo) or gy.dtype != torch.float32:
+        raise ValueError(f"gy {tuple(gy.shape)} does not match the output of x {tuple(x.shape)}")
+    k, gamma, beta = k.contiguous(), gamma.contiguous(), beta.contiguous()
+    gx = x.new_empty([b, c, h, w])
+    gk, ggamma, gbeta = k.new_empty(k.shape), gamma.new_empty(c), gamma.new_empty(c)
+    library().bn_node_backward(
+        _ptr(x), sxb, _ptr(gy), _ptr(k), _ptr(gamma), _ptr(beta), _ptr(mean), _ptr(rstd),
+        _ptr(gx), _ptr(gk), _ptr(ggamma), _ptr(gbeta), b, c, h, w, stride,
+        torch.get_num_threads(),
+    )  # fmt: skip
+    return gx, gk, ggamma, gbeta
+
+
+class BlockEval:
+    """One fast_eval Block in pull order as one native call (``block_eval.c``).
+
+    ``sizes``: kept nodes per source layer (the Block's inputs first); ``scale``, ``shift`` [S]
+    the folded BatchNorms and ``kernel`` [S, 1, 3, 3] the depthwise filters of every source node
+    in order; the CSR arrays (``crow`` [T + 1], ``col`` [E], ``val`` [E]) the in-edges of every
+    target (layers 1.. in order, then the ``n_out`` outputs), columns indexing the sources;
+    ``stride`` the first layer's. Checked once here, since the kernel reads raw pointers; a call
+    checks its input. ``BlockEval(...)(x)``: x [N, sizes[0], H, W] float32 on the CPU in any
+    layout -> the outputs [N, n_out, H', W'] (contiguous). Holds tensors only (no pointers), so
+    it copies and pickles with its module."""
+
+    def __init__(
+        self,
+        stride: int,
+        sizes: list[int],
+        scale: Tensor,
+        shift: Tensor,
+        kernel: Tensor,
+        crow: Tensor,
+        col: Tensor,
+        val: Tensor,
+        n_out: int,
+    ) -> None:
+        lib = eval_library()
+        if lib is None:
+            raise RuntimeError("the native fast_eval kernel is not built")
+        self.max_side = int(lib.block_eval_max_side())
+        s = sum(sizes)
+        self.stride, self.n_out, self.num_sources = int(stride), int(n_out), s
+        self.num_layers, self.c0 = len(sizes), int(sizes[0]) if sizes else 0
+        self.sizes = torch.tensor(sizes, dtype=torch.int64)
+        f32 = [t.detach().float().contiguous().flatten() for t in (scale, shift, kernel, val)]
+        self.scale, self.shift, self.kernel, self.val = f32
+        self.crow = crow.detach().to(torch.int64).contiguous()
+        self.col = col.detach().to(torch.int64).contiguous()
+        rows = s - (sizes[0] if sizes else 0) + self.n_out
+        ok = (
+            len(sizes) >= 1
+            and min(sizes) >= 0
+            and self.stride >= 1
+            and self.n_out >= 0
+            and self.scale.numel() == self.shift.numel() == s
+            and self.kernel.numel() == 9 * s
+            and self.crow.numel() == rows + 1
+            and int(self.crow[0]) == 0
+            and bool((self.crow[1:] >= self.crow[:-1]).all())
+            and self.col.numel() == self.val.numel() == int(self.crow[-1])
+            and (self.col.numel() == 0 or (int(self.col.min()) >= 0 and int(self.col.max()) < s))
+        )
+        if ok:  # a target of layer l reads only the layers before it (the pull order)
+            starts = torch.tensor([0] + sizes).cumsum(0)
+            limit = torch.cat(
+                [torch.full((sizes[i],), int(starts[i])) for i in range(1, len(sizes))]
+                + [torch.full((self.n_out,), s)]
+            ).to(torch.int64)
+            per_entry = torch.repeat_interleave(limit, self.crow[1:] - self.crow[:-1])
+            ok = bool((self.col < per_entry).all())
+        if not ok:
+            raise ValueError("BlockEval: arguments of the wrong shape, type or range")
+
+    def __call__(self, x: Tensor) -> Tensor:
+        n, c0, h, w = x.shape
+        if not (
+            x.dtype == torch.float32
+            and x.device.type == "cpu"
+            and c0 == self.c0
+            and max(h, w) <= self.max_side
+        ):
+            raise ValueError(f"BlockEval: cannot take an input {tuple(x.shape)} {x.dtype}")
+        ho, wo = (h - 1) // self.stride + 1, (w - 1) // self.stride + 1
+        buf = x.new_empty([n, self.num_sources, ho * wo])
+        out = x.new_empty([n, self.n_out, ho, wo])
+        sn, sc, sh, sw = x.stride()
+        eval_library().block_eval(
+            _ptr(x), sn, sc, sh, sw, n, h, w, self.stride, self.num_layers, _ptr(self.sizes),
+            _ptr(self.scale), _ptr(self.shift), _ptr(self.kernel), _ptr(self.crow),
+            _ptr(self.col), _ptr(self.val), self.n_out, _ptr(buf), _ptr(out),
+            torch.get_num_threads(),
+        )  # fmt: skip
+        return out

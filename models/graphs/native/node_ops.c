@@ -274,3 +274,218 @@ void node_backward(const float *x, const float *gy, const float *k, const float 
         free(s.accb);
     }
 }
+
+/* ---- A MobileNet Block's node in training: BatchNorm with the batch's statistics, ReLU and
+ * the 3x3 depthwise convolution with stride S (zero padding 1), forward and backward.
+ *
+ * Same math as torch's batch_norm (training), relu and conv2d: each channel's mean and biased
+ * variance over the batch and the plane (two passes), y = conv(relu(gamma * (x - mean) * rstd +
+ * beta)); the unbiased variance is returned for the running statistics. A thread owns whole
+ * channels, and each channel's sums run in sample order: results do not depend on the number
+ * of threads. x's plane (b, c) starts at x + b * sxb + c * H * W (a channel slice of a wider
+ * tensor); y, gy and gx are contiguous [B, C, Ho, Wo] and [B, C, H, W]. */
+
+/* y[i][j] = sum_{u,v} k[u][v] * a[S i + u][S j + v] over the padded [H + 2, W + 2] plane a */
+INLINE void correlate3x3_s(const float *restrict a, const float *restrict k, float *restrict y,
+                           const int64_t H, const int64_t W, const int64_t S) {
+    const int64_t PW = W + 2, Ho = (H - 1) / S + 1, Wo = (W - 1) / S + 1;
+    for (int64_t i = 0; i < Ho; i++) {
+        const float *r0 = a + S * i * PW, *r1 = r0 + PW, *r2 = r1 + PW;
+        for (int64_t j = 0; j < Wo; j++) {
+            const int64_t q = S * j;
+            y[i * Wo + j] = k[0] * r0[q] + k[1] * r0[q + 1] + k[2] * r0[q + 2] + k[3] * r1[q] +
+                            k[4] * r1[q + 1] + k[5] * r1[q + 2] + k[6] * r2[q] +
+                            k[7] * r2[q + 1] + k[8] * r2[q + 2];
+        }
+    }
+}
+
+/* one channel's mean and biased variance over B planes (two passes, lane-wise sums) */
+INLINE void channel_moments(const float *x, const int64_t sxb, const int64_t B, const int64_t H,
+                            const int64_t W, double *mean, double *var) {
+    float acc[MAXW];
+    double s = 0.0;
+    for (int64_t b = 0; b < B; b++) {
+        const float *p = x + b * sxb;
+        for (int64_t j = 0; j < W; j++) acc[j] = 0.f;
+        for (int64_t i = 0; i < H; i++)
+            for (int64_t j = 0; j < W; j++) acc[j] += p[i * W + j];
+        float t = 0.f;
+        for (int64_t j = 0; j < W; j++) t += acc[j];
+        s += t;
+    }
+    const double n = (double)(B * H * W), m = s / n;
+    const float mf = (float)m;
+    double v = 0.0;
+    for (int64_t b = 0; b < B; b++) {
+        const float *p = x + b * sxb;
+        for (int64_t j = 0; j < W; j++) acc[j] = 0.f;
+        for (int64_t i = 0; i < H; i++)
+            for (int64_t j = 0; j < W; j++) {
+                const float d = p[i * W + j] - mf;
+                acc[j] += d * d;
+            }
+        float t = 0.f;
+        for (int64_t j = 0; j < W; j++) t += acc[j];
+        v += t;
+    }
+    *mean = m;
+    *var = v / n;
+}
+
+/* channel c of bn_node_forward (a: the thread's zero-bordered padded plane) */
+INLINE void bn_channel_forward(const float *x, const int64_t sxb, float *y, const float *k,
+                               const float *gamma, const float *beta, float *mean, float *rstd,
+                               float *var_unbiased, const int64_t B, const int64_t C,
+                               const int64_t c, const int64_t H, const int64_t W, const int64_t S,
+                               const float eps, float *a) {
+    const int64_t P = H * W, Po = ((H - 1) / S + 1) * ((W - 1) / S + 1);
+    double m, v;
+    channel_moments(x + c * P, sxb, B, H, W, &m, &v);
+    const float r = (float)(1.0 / sqrt(v + (double)eps));
+    const float scale = gamma[c] * r, shift = beta[c] - (float)m * scale;
+    mean[c] = (float)m;
+    rstd[c] = r;
+    const int64_t n = B * P;
+    var_unbiased[c] = n > 1 ? (float)(v * (double)n / (double)(n - 1)) : (float)v;
+    for (int64_t b = 0; b < B; b++) {
+        load_activation(x + b * sxb + c * P, a, H, W, scale, shift);
+        correlate3x3_s(a, k + 9 * c, y + (b * C + c) * Po, H, W, S);
+    }
+}
+
+/* literal plane sides and strides of the MobileNet Blocks, so that the compiler unrolls and
+ * vectorises each; anything else takes the general code */
+#define BN_DISPATCH(CALL)                                                                     \
+    do {                                                                                      \
+        if (H == 32 && W == 32 && S == 1) CALL(32, 32, 1);                                     \
+        else if (H == 32 && W == 32 && S == 2) CALL(32, 32, 2);                                \
+        else if (H == 16 && W == 16 && S == 1) CALL(16, 16, 1);                                \
+        else if (H == 16 && W == 16 && S == 2) CALL(16, 16, 2);                                \
+        else if (H == 8 && W == 8 && S == 1) CALL(8, 8, 1);                                    \
+        else if (H == 8 && W == 8 && S == 2) CALL(8, 8, 2);                                    \
+        else if (H == 4 && W == 4 && S == 1) CALL(4, 4, 1);                                    \
+        else if (H == 4 && W == 4 && S == 2) CALL(4, 4, 2);                                    \
+        else if (H == 2 && W == 2 && S == 1) CALL(2, 2, 1);                                    \
+        else CALL(H, W, S);                                                                   \
+    } while (0)
+
+void bn_node_forward(const float *x, int64_t sxb, float *y, const float *k, const float *gamma,
+                     const float *beta, float *mean, float *rstd, float *var_unbiased, int64_t B,
+                     int64_t C, int64_t H, int64_t W, int64_t S, float eps, int num_threads) {
+#pragma omp parallel num_threads(num_threads)
+    {
+        float *a = (float *)malloc((H + 2) * (W + 2) * sizeof(float));
+        zero_border(a, H, W);
+#pragma omp for schedule(static)
+        for (int64_t c = 0; c < C; c++) {
+#define FWD(h, w, s)                                                                          \
+    bn_channel_forward(x, sxb, y, k, gamma, beta, mean, rstd, var_unbiased, B, C, c, h, w, s, \
+                       eps, a)
+            BN_DISPATCH(FWD);
+#undef FWD
+        }
+        free(a);
+    }
+}
+
+/* The plane's share of dL/dk (lane-wise over output columns) and dL/da scattered into the
+ * padded plane g (zeroed here): g[S i + u][S j + v] += gy[i][j] * k[u][v]. */
+INLINE void plane_back_s(const float *restrict a, const float *restrict gy,
+                         const float *restrict k, float *restrict g, float (*acck)[MAXW],
+                         const int64_t H, const int64_t W, const int64_t S) {
+    const int64_t PW = W + 2, Ho = (H - 1) / S + 1, Wo = (W - 1) / S + 1;
+    for (int u = 0; u < 3; u++)
+        for (int v = 0; v < 3; v++)
+            for (int64_t i = 0; i < Ho; i++) {
+                const float *ar = a + (S * i + u) * PW + v;
+                for (int64_t j = 0; j < Wo; j++) acck[u * 3 + v][j] += gy[i * Wo + j] * ar[S * j];
+            }
+    memset(g, 0, (H + 2) * PW * sizeof(float));
+    for (int64_t i = 0; i < Ho; i++)
+        for (int u = 0; u < 3; u++) {
+            float *gr = g + (S * i + u) * PW;
+            for (int v = 0; v < 3; v++) {
+                const float kv = k[u * 3 + v];
+                for (int64_t j = 0; j < Wo; j++) gr[S * j + v] += gy[i * Wo + j] * kv;
+            }
+        }
+}
+
+/* channel c of bn_node_backward (a, g: the thread's padded planes, acck its accumulators) */
+INLINE void bn_channel_backward(const float *x, const int64_t sxb, const float *gy,
+                                const float *k, const float *gamma, const float *beta,
+                                const float *mean, const float *rstd, float *gx, float *gk,
+                                float *ggamma, float *gbeta, const int64_t B, const int64_t C,
+                                const int64_t c, const int64_t H, const int64_t W,
+                                const int64_t S, float *a, float *g, float (*acck)[MAXW]) {
+    const int64_t P = H * W, PW = W + 2, Wo = (W - 1) / S + 1, Po = ((H - 1) / S + 1) * Wo;
+    const float m = mean[c], r = rstd[c], ga = gamma[c];
+    const float scale = ga * r, shift = beta[c] - m * scale;
+    memset(acck, 0, sizeof(float[9][MAXW]));
+    double sg = 0.0, sgx = 0.0;
+    float lg[MAXW], lgx[MAXW];
+    /* pass 1: gz = dL/dz (ReLU's mask applied) into gx; its sums for the norm */
+    for (int64_t b = 0; b < B; b++) {
+        const float *xp = x + b * sxb + c * P;
+        float *gp = gx + (b * C + c) * P;
+        load_activation(xp, a, H, W, scale, shift);
+        plane_back_s(a, gy + (b * C + c) * Po, k + 9 * c, g, acck, H, W, S);
+        for (int64_t j = 0; j < W; j++) lg[j] = lgx[j] = 0.f;
+        for (int64_t i = 0; i < H; i++) {
+            const float *ar = a + (i + 1) * PW + 1, *gr = g + (i + 1) * PW + 1;
+            for (int64_t j = 0; j < W; j++) {
+                const float dz = ar[j] > 0.f ? gr[j] : 0.f;
+                gp[i * W + j] = dz;
+                lg[j] += dz;
+                lgx[j] += dz * ((xp[i * W + j] - m) * r);
+            }
+        }
+        float tg = 0.f, tgx = 0.f;
+        for (int64_t j = 0; j < W; j++) {
+            tg += lg[j];
+            tgx += lgx[j];
+        }
+        sg += tg;
+        sgx += tgx;
+    }
+    /* pass 2: dL/dx = r * (gamma * dz - mean(gamma * dz) - xh * mean(gamma * dz * xh)) */
+    const double n = (double)(B * P);
+    const float mg = (float)(ga * sg / n), mgx = (float)(ga * sgx / n);
+    for (int64_t b = 0; b < B; b++) {
+        const float *xp = x + b * sxb + c * P;
+        float *gp = gx + (b * C + c) * P;
+        for (int64_t p = 0; p < P; p++) gp[p] = r * (ga * gp[p] - mg - (xp[p] - m) * r * mgx);
+    }
+    for (int t = 0; t < 9; t++) {
+        float sum = 0.f;
+        for (int64_t j = 0; j < Wo; j++) sum += acck[t][j];
+        gk[9 * c + t] = sum;
+    }
+    ggamma[c] = (float)sgx;
+    gbeta[c] = (float)sg;
+}
+
+void bn_node_backward(const float *x, int64_t sxb, const float *gy, const float *k,
+                      const float *gamma, const float *beta, const float *mean, const float *rstd,
+                      float *gx, float *gk, float *ggamma, float *gbeta, int64_t B, int64_t C,
+                      int64_t H, int64_t W, int64_t S, int num_threads) {
+#pragma omp parallel num_threads(num_threads)
+    {
+        float *a = (float *)malloc((H + 2) * (W + 2) * sizeof(float));
+        float *g = (float *)malloc((H + 2) * (W + 2) * sizeof(float));
+        float(*acck)[MAXW] = malloc(sizeof(float[9][MAXW]));
+        zero_border(a, H, W);
+#pragma omp for schedule(static)
+        for (int64_t c = 0; c < C; c++) {
+#define BWD(h, w, s)                                                                          \
+    bn_channel_backward(x, sxb, gy, k, gamma, beta, mean, rstd, gx, gk, ggamma, gbeta, B, C, c, \
+                        h, w, s, a, g, acck)
+            BN_DISPATCH(BWD);
+#undef BWD
+        }
+        free(a);
+        free(g);
+        free(acck);
+    }
+}
