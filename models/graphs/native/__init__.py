@@ -16,6 +16,7 @@ Cache folder: ``$DNW_NATIVE_CACHE``, else ``$XDG_CACHE_HOME/dnw-native``, else
 from __future__ import annotations
 
 import ctypes
+import glob
 import hashlib
 import logging
 import os
@@ -52,16 +53,13 @@ _FLAG_SETS = (
     ["-O3", "-march=native", "-fopenmp"],
     ["-O3", "-fopenmp"],  # compilers or CPUs without -march=native
 )
-_LIB: Optional[ctypes.CDLL] = None
-_TRIED = False
-_ERROR = ""
-_EVAL_LIB: Optional[ctypes.CDLL] = None
-_EVAL_TRIED = False
+_LIBS: dict[str, Optional[ctypes.CDLL]] = {}  # C file -> its library (None: could not build)
+_ERRORS: dict[str, str] = {}  # C file -> why it could not be built
 
 
 def build_error() -> str:
-    """Why the last build failed ('' if it did not, or was not tried)."""
-    return _ERROR
+    """Why the node kernels' build failed ('' if it did not, or was not tried)."""
+    return _ERRORS.get(SOURCE, "")
 
 
 def cache_dir() -> str:
@@ -76,15 +74,20 @@ def cache_dir() -> str:
 def library() -> Optional[ctypes.CDLL]:
     """The loaded kernels, building them on first use; None where they cannot be built.
     Whether they are used is ``models.graphs.fastpath``'s switch ``native``."""
-    global _LIB, _TRIED, _ERROR
-    if not _TRIED:
-        _TRIED = True
+    return _library(SOURCE, _load, "native CPU kernels unavailable (%s); using torch ops (slower)")
+
+
+def _library(path: str, load, warning: str) -> Optional[ctypes.CDLL]:
+    """The library of the C file ``path``, built and loaded once per process; None (and one
+    ``warning``, formatted with the reason) where it cannot be built."""
+    if path not in _LIBS:
+        _LIBS[path] = None
         try:
-            _LIB = _load(_build(SOURCE))
+            _LIBS[path] = load(_build(path))
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-            _ERROR = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            log.warning("native CPU kernels unavailable (%s); using torch ops (slower)", _ERROR)
-    return _LIB
+            _ERRORS[path] = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            log.warning(warning, _ERRORS[path])
+    return _LIBS[path]
 
 
 def _compiler() -> str:
@@ -107,15 +110,9 @@ def _cpu_signature() -> str:
 def eval_library() -> Optional[ctypes.CDLL]:
     """The fast_eval Block kernel (``block_eval.c``), built on first use; None where it cannot
     be built (the sparse backend then runs torch ops)."""
-    global _EVAL_LIB, _EVAL_TRIED
-    if not _EVAL_TRIED:
-        _EVAL_TRIED = True
-        try:
-            _EVAL_LIB = _load_eval(_build(EVAL_SOURCE))
-        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            log.warning("native fast_eval kernel unavailable (%s); using torch ops", why)
-    return _EVAL_LIB
+    return _library(
+        EVAL_SOURCE, _load_eval, "native fast_eval kernel unavailable (%s); using torch ops"
+    )
 
 
 def _cached(flags: list[str], source: bytes, name: str = "node_ops") -> str:
@@ -128,9 +125,12 @@ def _cached(flags: list[str], source: bytes, name: str = "node_ops") -> str:
 
 
 def _build(path: str) -> str:
-    """Build the C file ``path`` (once per source, flags and CPU); the library's path."""
-    with open(path, "rb") as f:
-        source = f.read()
+    """Build the C file ``path`` (once per source, flags and CPU); the library's path. The
+    headers beside it (``stencil.h``) are part of its source: a change to one rebuilds."""
+    source = b""
+    for part in [path] + sorted(glob.glob(os.path.join(os.path.dirname(path), "*.h"))):
+        with open(part, "rb") as f:
+            source += f.read()
     name = os.path.splitext(os.path.basename(path))[0]
     for flags in _FLAG_SETS:
         if os.path.exists(_cached(flags, source, name)):

@@ -27,6 +27,7 @@
 #include <string.h>
 
 #define INLINE static inline __attribute__((always_inline))
+#include "stencil.h" /* correlate3x3_s */
 #define MAXSIDE 64 /* largest plane side; the Python side uses torch ops above it */
 
 int block_eval_max_side(void) { return MAXSIDE; }
@@ -53,20 +54,6 @@ INLINE void load_strided(const float *restrict x, const int64_t sh, const int64_
     }
 }
 
-/* y[i][j] = sum_{u,v} k[u][v] * a[s * i + u][s * j + v] over the padded [H + 2, W + 2] plane */
-INLINE void depthwise(const float *restrict a, const float *restrict k, float *restrict y,
-                      const int64_t H, const int64_t W, const int64_t s) {
-    const int64_t PW = W + 2, Ho = (H - 1) / s + 1, Wo = (W - 1) / s + 1;
-    for (int64_t i = 0; i < Ho; i++) {
-        const float *r0 = a + s * i * PW, *r1 = r0 + PW, *r2 = r1 + PW;
-        for (int64_t j = 0; j < Wo; j++) {
-            const int64_t q = s * j;
-            y[i * Wo + j] = k[0] * r0[q] + k[1] * r0[q + 1] + k[2] * r0[q + 2] + k[3] * r1[q] +
-                            k[4] * r1[q + 1] + k[5] * r1[q + 2] + k[6] * r2[q] +
-                            k[7] * r2[q + 1] + k[8] * r2[q + 2];
-        }
-    }
-}
 
 /* acc[0:P] = sum over the entries e0 .. e1 of val[e] * src[col[e]][0:P], in entry order */
 INLINE void gather(const float *restrict src, const int64_t *restrict col,
@@ -101,8 +88,8 @@ static void node_any(const float *src, const int64_t *col, const float *val, int
     gather_any(src, col, val, e0, e1, acc, H * W);
 #define NODE(h, w)                                                                            \
     do {                                                                                      \
-        load_strided(acc, w, 1, a, h, w, scale, shift);                                        \
-        depthwise(a, k, y, h, w, 1);                                                          \
+        load_strided(acc, w, 1, a, h, w, scale, shift);                                       \
+        correlate3x3_s(a, k, y, h, w, 1);                                                     \
     } while (0)
     if (H == 2 && W == 2) NODE(2, 2);
     else if (H == 4 && W == 4) NODE(4, 4);
@@ -134,7 +121,7 @@ void block_eval(const float *x, int64_t sxn, int64_t sxc, int64_t sxh, int64_t s
         for (int64_t nc = 0; nc < N * C0; nc++) {
             const int64_t n = nc / C0, c = nc % C0;
             load_strided(x + n * sxn + c * sxc, sxh, sxw, a0, H, W, scale[c], shift[c]);
-            depthwise(a0, kernel + 9 * c, buf + (n * S + c) * P, H, W, stride);
+            correlate3x3_s(a0, kernel + 9 * c, buf + (n * S + c) * P, H, W, stride);
         }
         /* each later layer reads the layers before it; the loop's barrier orders them */
         int64_t off = C0;

@@ -23,6 +23,7 @@
 #include <string.h>
 
 #define INLINE static inline __attribute__((always_inline))
+#include "stencil.h" /* correlate3x3_s */
 #define MAXW 64   /* largest plane side; the Python side falls back to torch above it */
 #define CBLOCK 16 /* channels per block in the backward: one sample's block is contiguous */
 
@@ -285,20 +286,6 @@ void node_backward(const float *x, const float *gy, const float *k, const float 
  * of threads. x's plane (b, c) starts at x + b * sxb + c * H * W (a channel slice of a wider
  * tensor); y, gy and gx are contiguous [B, C, Ho, Wo] and [B, C, H, W]. */
 
-/* y[i][j] = sum_{u,v} k[u][v] * a[S i + u][S j + v] over the padded [H + 2, W + 2] plane a */
-INLINE void correlate3x3_s(const float *restrict a, const float *restrict k, float *restrict y,
-                           const int64_t H, const int64_t W, const int64_t S) {
-    const int64_t PW = W + 2, Ho = (H - 1) / S + 1, Wo = (W - 1) / S + 1;
-    for (int64_t i = 0; i < Ho; i++) {
-        const float *r0 = a + S * i * PW, *r1 = r0 + PW, *r2 = r1 + PW;
-        for (int64_t j = 0; j < Wo; j++) {
-            const int64_t q = S * j;
-            y[i * Wo + j] = k[0] * r0[q] + k[1] * r0[q + 1] + k[2] * r0[q + 2] + k[3] * r1[q] +
-                            k[4] * r1[q + 1] + k[5] * r1[q + 2] + k[6] * r2[q] +
-                            k[7] * r2[q + 1] + k[8] * r2[q + 2];
-        }
-    }
-}
 
 /* one channel's mean and biased variance over B planes (two passes, lane-wise sums) */
 INLINE void channel_moments(const float *x, const int64_t sxb, const int64_t B, const int64_t H,
