@@ -25,8 +25,7 @@ from genutil.config import Config, config_from_dict, load_config
 from genutil.errors import CheckpointError, ConfigError
 from genutil.registry import resolve
 from models.contract import WiredNetwork, graph_layers, unwrap
-from models.wired import PruneRates, wirable_layers
-from models.wired import wire as _wire
+from models.wired import wirable_layers, wire  # DNW on any network (models/wired.py)
 
 __all__ = [
     "wire",
@@ -42,30 +41,6 @@ __all__ = [
     "unwrap",
     "wirable_layers",
 ]
-
-
-def wire(
-    model: nn.Module,
-    graph: str = "dnw",
-    prune_rate: PruneRates = 0.5,
-    include: Any = None,
-    exclude: Any = None,
-    **options: Any,
-) -> nn.Module:
-    """DNW on any network: every ``nn.Conv2d`` with a 1x1 kernel and ``groups == 1`` of
-    ``model`` becomes a graph layer of edge type ``graph`` (``dnw``: top ``n - int(p * n)``
-    edges of largest |w| forward, gradient to every edge backward; ``random``: a fixed random
-    mask of that many edges; any edge type of ``models.graphs.edges.GRAPH_TYPES``), keeping its
-    weight values, bias, stride and padding. Returns ``model``, wired in place; the contract's
-    tools (``profile``, ``fast_eval``, figures, checkpoints) then work on it.
-
-    ``prune_rate``: one rate, {layer name or pattern: rate} (first match; '*' for the others),
-    or a function (name, conv) -> rate. ``include``/``exclude``: layer names or ``fnmatch``
-    patterns (``"features.*"``). ``options``: ``rho``, ``td_abs`` (targeted dropout),
-    ``input_size``, ``in_channels`` (what ``profile`` counts at; default 224 and the first
-    layer's channels). ValueError for an unknown edge type, a bad rate, or no 1x1 convolution
-    to wire. See ``models/wired.py``; ``wirable_layers(model)`` lists what would be wired."""
-    return _wire(model, graph, prune_rate, include, exclude, **options)
 
 
 def model_from_config(cfg: Config) -> nn.Module:

@@ -38,15 +38,7 @@ def resolve(spec: str, kind: str) -> Any:
         raise ConfigError(
             f"{kind}: {spec!r} is outside the {package}/ package: name a module under {package}."
         )
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name and module_name.startswith(e.name):
-            raise ConfigError(
-                f"{kind}: module {module_name} does not exist: check the "
-                f"{kind}: entry of the experiment file"
-            ) from None
-        raise
+    module = _import_module(module_name, kind)
     cls = getattr(module, class_name, None)
     if not inspect.isclass(cls):
         names = [
@@ -62,14 +54,53 @@ def resolve(spec: str, kind: str) -> Any:
     return cls
 
 
-def _imported_model(spec: str) -> Any:
-    from models.contract import WiredNetwork  # noqa: PLC0415  (imports torch: on demand)
-    from models.wired import ImportedModel, import_object  # noqa: PLC0415
-
+def _import_module(module_name: str, kind: str) -> Any:
+    """The module, or a one-line ConfigError: not found (naming PYTHONPATH), or what it raised
+    while importing (a user's module is code like any other)."""
     try:
-        target = import_object(spec)
-    except ValueError as e:
-        raise ConfigError(f"model: {e}") from None
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise ConfigError(
+                f"{kind}: module {module_name} was not found: check the {kind}: entry, and that "
+                "its folder is on PYTHONPATH (or installed)"
+            ) from None
+        raise ConfigError(f"{kind}: importing {module_name} failed: {e}") from None
+    except SyntaxError as e:
+        raise ConfigError(
+            f"{kind}: importing {module_name} failed: SyntaxError at {e.filename}:{e.lineno}: "
+            f"{e.msg}"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - the user's module raised while importing
+        raise ConfigError(
+            f"{kind}: importing {module_name} failed: {type(e).__name__}: {e}"
+        ) from None
+
+
+def _imported_model(spec: str) -> Any:
+    """A model outside ``models.``: the object ``module.path:name`` names (``name`` may be
+    dotted: ``Outer.Inner``), as something with ``from_config``."""
+    from models.contract import WiredNetwork  # noqa: PLC0415  (imports torch: on demand)
+    from models.wired import ImportedModel  # noqa: PLC0415
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(
+            f"model: {spec!r} is not 'module.path:Name': write it that way, e.g. "
+            "torchvision.models:mobilenet_v2 or mypackage.nets:MyNet"
+        )
+    target: Any = _import_module(module_name, "model")
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            public = sorted(
+                n
+                for n, v in vars(target).items()
+                if not n.startswith("_") and (inspect.isclass(v) or inspect.isfunction(v))
+            )
+            near = difflib.get_close_matches(part, public, n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            raise ConfigError(f"model: {module_name} has no {attr!r}{hint}: fix the model: entry")
+        target = getattr(target, part)
     builds_itself = callable(getattr(target, "from_config", None))
     if inspect.isclass(target) and issubclass(target, WiredNetwork) and builds_itself:
         return target  # a network written to the contract, with its own from_config

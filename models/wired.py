@@ -30,9 +30,7 @@ wiring. An experiment file that names code runs that code: trust it like any Pyt
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
-import importlib
 import inspect
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
@@ -43,7 +41,7 @@ from models.contract import WiredNetwork
 from models.counting import count_generic
 from models.graphs.edges import GRAPH_TYPES, Graph, make_graph
 
-__all__ = ["wire", "wirable_layers", "is_wired", "ImportedModel", "import_object", "PruneRates"]
+__all__ = ["wire", "wirable_layers", "is_wired", "ImportedModel", "PruneRates"]
 
 #: a prune rate for every layer, a {name or pattern: rate} mapping (first match in order; '*'
 #: for the rest), or a function (layer name, the nn.Conv2d) -> rate
@@ -260,45 +258,6 @@ def wire(
 
 # ---------------------------------------------------------------------------------------------
 # Any importable network from an experiment file
-
-
-def import_object(spec: str) -> Any:
-    """The object ``module.path:name`` names (``name`` may be dotted: ``Outer.Inner``).
-    Raises ValueError with one line for a spec that names nothing importable."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(
-            f"{spec!r} is not 'module.path:Name': write it that way, e.g. "
-            "torchvision.models:mobilenet_v2 or mypackage.nets:MyNet"
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
-            raise ValueError(
-                f"module {module_name} was not found: check the name, and that its folder is on "
-                "PYTHONPATH (or installed)"
-            ) from None
-        raise ValueError(f"importing {module_name} failed: {type(e).__name__}: {e}") from None
-    except SyntaxError as e:
-        raise ValueError(
-            f"importing {module_name} failed: SyntaxError at {e.filename}:{e.lineno}: {e.msg}"
-        ) from None
-    except Exception as e:  # noqa: BLE001 - the user's module raised while importing
-        raise ValueError(f"importing {module_name} failed: {type(e).__name__}: {e}") from None
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            public = sorted(
-                n
-                for n, v in vars(module).items()
-                if not n.startswith("_") and (inspect.isclass(v) or inspect.isfunction(v))
-            )
-            near = difflib.get_close_matches(part, public, n=1)
-            hint = f" (did you mean '{near[0]}'?)" if near else ""
-            raise ValueError(f"{module_name} has no {attr!r}{hint}: fix the model: entry")
-        obj = getattr(obj, part)
-    return obj
 
 
 class ImportedModel:
