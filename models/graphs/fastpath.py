@@ -6,14 +6,16 @@ take the paths below where they apply; each gives the reference forward's math, 
 of float sums (the tests compare them, gradients included). All are on by default.
 
 - ``enabled``: the models' fast forwards (every device); off: the reference forwards only.
-- ``sparse`` (CPU, float32): graph products over the kept edges only (CSR, 16 samples a call),
-  and InstanceNorm as a GroupNorm of one channel per group.
+- ``sparse`` (CPU, float32): graph products over the kept edges only (CSR; by MKL 16 samples a
+  call where ``native`` is off), and InstanceNorm as a GroupNorm of one channel per group.
 - ``native`` (CPU, float32): C/OpenMP node kernels, a node's norm, ReLU and depthwise conv in
-  one pass per plane (``models/graphs/native``); in evaluation without autograd, each Block of
-  the sparse ``fast_eval`` backend as one call (``native/block_eval.c``).
+  one pass per plane (``models/graphs/native``); the sparse path's CSR forms and products, one
+  call per batch; the top-k threshold by radix selection; in evaluation without autograd, each
+  Block of the sparse ``fast_eval`` backend as one call (``native/block_eval.c``).
 - ``fused_static`` (CPU, float32, needs ``native``): the static model's whole graph as one
   autograd Function over those kernels (``static_fused.py``).
-- ``numpy_topk`` (CPU): the top-k threshold by NumPy's introselect (``selection.py``).
+- ``numpy_topk`` (CPU): the top-k threshold by NumPy's introselect (``selection.py``) where the
+  native radix selection (``native``, float32) does not apply.
 - ``eval_cache`` (every device): in eval mode without autograd, a graph's effective weight and
   its sparse forms are kept until the weight changes.
 
@@ -44,7 +46,9 @@ __all__ = [
     "sparse_on",
     "sparse_on_weight",
     "native_on",
+    "native_csr_on",
     "fused_static_on",
+    "native_selection",
     "numpy_selection",
     "eval_cache_on",
     "traced",
@@ -151,9 +155,32 @@ def native_on(x: Tensor) -> bool:
     return max(x.shape[2:]) <= native.max_side()
 
 
+def native_csr_on() -> bool:
+    """The graph products' CSR forms and products by the native kernels (float32 weights on
+    the CPU, where ``sparse_on`` chose CSR products)."""
+    if not (_STATE.enabled and _STATE.native):
+        return False
+    from models.graphs import native  # noqa: PLC0415  (builds the library on first use)
+
+    return native.library() is not None
+
+
 def fused_static_on(x: Tensor) -> bool:
     """The static model's graph as one Function (it runs on the native kernels)."""
     return _STATE.fused_static and native_on(x)
+
+
+def native_selection(flat: Tensor) -> bool:
+    """The top-k threshold of ``flat`` by the native radix selection (float32 on the CPU)."""
+    return (
+        _STATE.enabled
+        and _STATE.native
+        and flat.device.type == "cpu"
+        and flat.dtype == torch.float32
+        and flat.numel() < 2**31
+        and not traced()
+        and native_csr_on()
+    )
 
 
 def numpy_selection(flat: Tensor) -> bool:

@@ -14,7 +14,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from models.graphs import fastpath
+from models.graphs import fastpath, native
 
 __all__ = [
     "SparseWeight",
@@ -31,16 +31,40 @@ SPARSE_MAX_DENSITY = 0.15
 
 
 def _csr(w2d: Tensor) -> Tensor:
-    """CSR with int32 indices (MKL's own; int64 ones are converted on every product). Built from
-    ``nonzero`` (row-major order, as CSR wants): the same tensor as ``to_sparse_csr`` in half
-    the time for the graph blocks here (0.30 vs 0.53 ms for [576, 192] at 5 %)."""
+    """CSR with int32 indices (MKL's own; int64 ones are converted on every product), in
+    row-major order as ``to_sparse_csr`` gives it. By the native kernels in one pass over the
+    weight where they are built; else from ``nonzero`` (the same tensor as ``to_sparse_csr`` in
+    half the time for the graph blocks here: 0.30 vs 0.53 ms for [576, 192] at 5 %)."""
+    if _native_csr(w2d):
+        return _csr_tensor(*native.csr_from_dense(w2d), w2d.shape)
     idx = torch.nonzero(w2d)
     rows, cols = idx[:, 0], idx[:, 1]
     crow = torch.zeros(w2d.shape[0] + 1, dtype=torch.int32)
     torch.cumsum(torch.bincount(rows, minlength=w2d.shape[0]), 0, out=crow[1:])
+    return _csr_tensor(crow, cols.to(torch.int32), w2d[rows, cols], w2d.shape)
+
+
+def _csr_tensor(crow: Tensor, col: Tensor, val: Tensor, shape) -> Tensor:
     with warnings.catch_warnings():  # "sparse CSR support is in beta": known, and fine
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, cols.to(torch.int32), w2d[rows, cols], w2d.shape)
+        return torch.sparse_csr_tensor(crow, col, val, tuple(shape))
+
+
+def _csr_transposed(csr: Tensor) -> Tensor:
+    """The CSR of the transpose of ``csr`` (made by ``_csr``), as ``_csr(w2d.t())`` gives it."""
+    crow, col, val = csr.crow_indices(), csr.col_indices(), csr.values()
+    rows, cols = csr.shape
+    return _csr_tensor(*native.csr_transpose(crow, col, val, cols), (cols, rows))
+
+
+def _native_csr(w2d: Tensor) -> bool:
+    """The native kernels make (and multiply by) this weight's CSR forms."""
+    return (
+        fastpath.native_csr_on()
+        and w2d.dtype == torch.float32
+        and (w2d.numel() == 0 or w2d.stride(1) == 1)
+        and w2d.numel() < 2**31
+    )
 
 
 # Samples per CSR product. The [C, H*W] planes of k consecutive samples are one contiguous
@@ -74,11 +98,13 @@ class _Product:
 
 
 class _CsrProduct(_Product):
-    """``W x`` per sample for a CSR matrix W [rows, cols], k samples per MKL call.
+    """``W x`` per sample for a CSR matrix W [rows, cols]: one native call for the whole batch
+    (``native.csr_product``) where the kernels are built, else k samples per MKL call.
 
     ``x`` is [B, cols, H, W], or with ``col_stride`` a wider [B, col_stride, H, W] buffer whose
-    channels ``col_offset .. col_offset + cols`` are W's columns: the block-diagonal form
-    indexes into each sample's whole plane block, so the product reads those channels in place.
+    channels ``col_offset .. col_offset + cols`` are W's columns, read in place (the native
+    kernel from each sample's first such channel; the block-diagonal form indexes into each
+    sample's whole plane block).
     """
 
     def __init__(self, csr: Tensor, col_stride: int | None = None, col_offset: int = 0) -> None:
@@ -87,6 +113,16 @@ class _CsrProduct(_Product):
         self.nnz = csr.values().numel()
         plain = self.col_stride == self.cols and col_offset == 0
         self._blocks: dict[int, Tensor] = {1: csr} if plain else {}
+        self._checked = False  # the CSR arrays passed native's checks (once, not every call)
+
+    def _native(self, x: Tensor, out: Tensor, beta: float) -> bool:
+        """``out = W x + beta * out`` by the native kernel; False where it does not apply."""
+        if not (fastpath.native_csr_on() and x.dtype == self.csr.dtype == torch.float32):
+            return False
+        csr = (self.csr.crow_indices(), self.csr.col_indices(), self.csr.values())
+        native.csr_product(*csr, x, self.col_offset, out, beta, checked=self._checked)
+        self._checked = True
+        return True
 
     def samples_per_call(self, batch: int) -> int:
         return max(1, min(BLOCK_SAMPLES, BLOCK_MAX_NNZ // max(self.nnz, 1), batch))
@@ -112,6 +148,8 @@ class _CsrProduct(_Product):
         """[B, col_stride, H, W] (contiguous) -> [B, rows, H, W]; into ``out`` (contiguous)
         as ``out = W x + beta * out`` where given."""
         out = self._output(x, out)
+        if self._native(x, out, beta):
+            return out
         b, c, h, w = x.shape
         k = self.samples_per_call(b)
         whole = b - b % k
@@ -178,9 +216,17 @@ class SparseWeight:
         key = (transposed, col_stride, col_offset)
         if key not in self._products:
             if transposed not in self._csr:
-                self._csr[transposed] = _csr(self._w2d.t() if transposed else self._w2d)
+                if transposed and _native_csr(self._w2d):  # a counting sort of W's CSR
+                    self._csr[True] = _csr_transposed(self._csr_of(False))
+                else:
+                    self._csr[transposed] = _csr(self._w2d.t() if transposed else self._w2d)
             self._products[key] = _CsrProduct(self._csr[transposed], col_stride, col_offset)
         return self._products[key]
+
+    def _csr_of(self, transposed: bool) -> Tensor:
+        if transposed not in self._csr:
+            self.product(transposed)
+        return self._csr[transposed]
 
 
 _FORMS = "_sparse_forms"

@@ -47,8 +47,10 @@ def test_graph_conv_equals_conv2d_with_gradients(o, i, hw):
 
 @pytest.mark.parametrize("batch,max_nnz", [(40, None), (37, None), (16, None), (9, 300)])
 def test_block_products_equal_one_product_per_sample(batch, max_nnz, monkeypatch):
-    """16 samples a call through a block-diagonal CSR (a remainder chunk of its own; one sample
-    a call where the block would exceed BLOCK_MAX_NNZ): bitwise the per-sample products."""
+    """Without the native kernels, 16 samples a call through a block-diagonal CSR (a remainder
+    chunk of its own; one sample a call where the block would exceed BLOCK_MAX_NNZ): bitwise
+    the per-sample products."""
+    monkeypatch.setattr(fastpath, "_STATE", fastpath.Switches(native=False))
     if max_nnz is not None:
         monkeypatch.setattr(products, "BLOCK_MAX_NNZ", max_nnz)
     w = _sparse(60, 48, 0.08)

@@ -1,7 +1,9 @@
 """Native CPU kernels, compiled on first use with the system C compiler.
 
 ``node_ops.c`` (``library()``) fuses a node's InstanceNorm, ReLU and 3x3 depthwise
-convolution (forward and backward) into one pass per plane, for the tiny models' training;
+convolution (forward and backward) into one pass per plane, for the tiny models' training, and
+makes a graph weight's CSR forms and their products per sample (``csr_from_dense``,
+``csr_transpose``, ``csr_product``) and the top-k threshold (``kth_smallest``);
 ``block_eval.c`` (``eval_library()``, ``BlockEval``) runs a whole Block of a shrunk fast_eval
 network in one call. Both are plain C with OpenMP, built once per source, flags and CPU into a
 cache folder and loaded with ctypes; torch.compile's CPU backend works the same way (generated
@@ -39,6 +41,10 @@ __all__ = [
     "node_backward",
     "bn_node_forward",
     "bn_node_backward",
+    "csr_from_dense",
+    "csr_transpose",
+    "csr_product",
+    "kth_smallest",
     "eval_library",
     "BlockEval",
     "SOURCE",
@@ -173,6 +179,16 @@ def _load(path: str) -> ctypes.CDLL:
     lib.bn_node_forward.restype = None
     lib.bn_node_backward.argtypes = [p, i64] + [p] * 10 + [i64] * 5 + [c_int]
     lib.bn_node_backward.restype = None
+    lib.csr_count.argtypes = [p, i64, i64, i64, p, c_int]
+    lib.csr_count.restype = i64
+    lib.csr_fill.argtypes = [p, i64, i64, i64, p, p, p, c_int]
+    lib.csr_fill.restype = None
+    lib.csr_transpose.argtypes = [p, p, p, i64, i64, p, p, p]
+    lib.csr_transpose.restype = None
+    lib.csr_product.argtypes = [p, p, p, i64, p, i64, p, i64, i64, i64, c_float, c_int]
+    lib.csr_product.restype = None
+    lib.kth_smallest.argtypes = [p, i64, i64, c_int]
+    lib.kth_smallest.restype = c_float
     return lib
 
 
@@ -345,6 +361,119 @@ def bn_node_backward(
         torch.get_num_threads(),
     )  # fmt: skip
     return gx, gk, ggamma, gbeta
+
+
+def csr_from_dense(w2d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The CSR arrays (int32 row offsets [rows + 1], int32 columns and float32 values [nnz], in
+    row-major order) of the nonzero entries of a float32 CPU matrix whose rows are contiguous
+    (a block of a larger matrix will do): what ``torch.nonzero`` would give, in one pass."""
+    rows, cols = w2d.shape
+    if not (
+        w2d.dtype == torch.float32
+        and w2d.device.type == "cpu"
+        and (rows * cols == 0 or w2d.stride(1) == 1)
+        and w2d.numel() < 2**31
+    ):
+        raise ValueError(f"csr_from_dense: a float32 CPU matrix with contiguous rows, not {w2d}")
+    ld = w2d.stride(0) if rows * cols else cols
+    crow = torch.empty(rows + 1, dtype=torch.int32)
+    lib, nt = library(), torch.get_num_threads()
+    nnz = lib.csr_count(_ptr(w2d), rows, cols, ld, _ptr(crow), nt)
+    col = torch.empty(nnz, dtype=torch.int32)
+    val = torch.empty(nnz, dtype=torch.float32)
+    lib.csr_fill(_ptr(w2d), rows, cols, ld, _ptr(crow), _ptr(col), _ptr(val), nt)
+    return crow, col, val
+
+
+def csr_transpose(
+    crow: Tensor, col: Tensor, val: Tensor, cols: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The CSR arrays of the transpose of the CSR matrix (``crow``, ``col``, ``val``; int32,
+    int32, float32, contiguous) with ``cols`` columns."""
+    rows, nnz = crow.numel() - 1, col.numel()
+    _check_csr(crow, col, val, cols)
+    crow_t = torch.empty(cols + 1, dtype=torch.int32)
+    col_t = torch.empty(nnz, dtype=torch.int32)
+    val_t = torch.empty(nnz, dtype=torch.float32)
+    library().csr_transpose(
+        _ptr(crow), _ptr(col), _ptr(val), rows, cols, _ptr(crow_t), _ptr(col_t), _ptr(val_t)
+    )
+    return crow_t, col_t, val_t
+
+
+def _check_csr(crow: Tensor, col: Tensor, val: Tensor, cols: int) -> None:
+    """The kernels read CSR arrays through raw pointers: types, sizes and ranges must hold."""
+    ok = (
+        crow.dtype == col.dtype == torch.int32
+        and val.dtype == torch.float32
+        and all(t.is_contiguous() and t.device.type == "cpu" for t in (crow, col, val))
+        and crow.numel() >= 1
+        and col.numel() == val.numel() == int(crow[-1])
+        and int(crow[0]) == 0
+    )
+    if ok and col.numel():
+        ok = int(col.min()) >= 0 and int(col.max()) < cols
+    if not ok:
+        raise ValueError("CSR arrays of the wrong type, size or range")
+
+
+def csr_product(
+    crow: Tensor,
+    col: Tensor,
+    val: Tensor,
+    x: Tensor,
+    col_offset: int,
+    out: Tensor,
+    beta: float = 0.0,
+    checked: bool = False,
+) -> Tensor:
+    """``out[b] = W x[b, col_offset : col_offset + cols] + beta * out[b]`` for every sample b, W
+    the CSR matrix [rows, cols]: x [B, C, H, W] and out [B, rows, H, W] float32 CPU, each
+    sample's planes consecutive (contiguous tensors, or channel slices of them). ``checked``:
+    the CSR arrays were checked by ``_check_csr`` (a product made once and called often)."""
+    rows = crow.numel() - 1
+    b, c, h, w = x.shape
+    if not checked:
+        _check_csr(crow, col, val, c - col_offset)
+    p = h * w
+    dense_planes = lambda t, ch: (
+        t.dtype == torch.float32
+        and t.device.type == "cpu"
+        and t.dim() == 4
+        and t.shape[1] == ch
+        and (t.numel() == 0 or t.stride()[1:] == (p, w, 1))
+        and (t.shape[0] <= 1 or t.stride(0) >= ch * p)
+    )
+    if not (
+        dense_planes(x, c)
+        and dense_planes(out, rows)
+        and tuple(out.shape) == (b, rows, h, w)
+        and 0 <= col_offset <= c
+    ):
+        raise ValueError(f"csr_product: x {tuple(x.shape)}, out {tuple(out.shape)} do not fit")
+    if b * rows * p == 0:
+        return out
+    library().csr_product(
+        _ptr(crow), _ptr(col), _ptr(val), rows, x.data_ptr() + 4 * col_offset * p,
+        x.stride(0), _ptr(out), out.stride(0), b, p, beta, torch.get_num_threads(),
+    )  # fmt: skip
+    return out
+
+
+def kth_smallest(flat: Tensor, k: int) -> Tensor:
+    """The ``k``-th smallest value (1-based) of a contiguous 1-D float32 CPU tensor, exactly as
+    ``torch.kthvalue`` gives it (a 0-d tensor), by radix selection."""
+    n = flat.numel()
+    if not (
+        flat.dtype == torch.float32
+        and flat.device.type == "cpu"
+        and flat.dim() == 1
+        and flat.is_contiguous()
+        and 1 <= k <= n
+    ):
+        raise ValueError(f"kth_smallest: rank {k} of a contiguous float32 CPU vector of {n}")
+    value = library().kth_smallest(_ptr(flat), n, k, torch.get_num_threads())
+    return torch.tensor(value, dtype=torch.float32)
 
 
 class BlockEval:

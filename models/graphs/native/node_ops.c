@@ -21,6 +21,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #define INLINE static inline __attribute__((always_inline))
 #include "stencil.h" /* correlate3x3_s */
@@ -475,4 +478,194 @@ void bn_node_backward(const float *x, int64_t sxb, const float *gy, const float 
         free(g);
         free(acck);
     }
+}
+
+/* ---- Graph products over the kept edges: CSR forms and W x per sample ----------------------
+ *
+ * A DNW graph weight keeps a few percent of its entries. Its CSR form (int32 row offsets and
+ * column indices, float values) is built from the dense effective weight in two passes over
+ * its rows (count, then fill), and its transpose from it by a counting sort, which keeps each
+ * new row's entries in increasing column order as CSR wants: the same arrays as torch's
+ * nonzero-based form, in one read of the weight instead of several.
+ *
+ * The product out[b, r] = sum over the row's entries e of val[e] * x[b, col[e]] (+ beta *
+ * out[b, r]) runs per sample and output row, each a plane of P values held in vector registers
+ * while the row's entries are summed in CSR order: every output element is summed by one
+ * thread in a fixed order, so results do not depend on the number of threads. A library CSR
+ * product (MKL) keeps its partial sums in memory and is tuned for few, wide right-hand sides;
+ * here a plane is 4 to 1024 values, and one sample's input planes stay in cache for all rows.
+ */
+
+/* vector registers of 16 floats (two AVX, four SSE registers where AVX-512 is missing);
+ * aligned(4): loads and stores need no alignment beyond a float's */
+typedef float vec16 __attribute__((vector_size(64), aligned(4)));
+
+int64_t csr_count(const float *w, int64_t rows, int64_t cols, int64_t ld, int32_t *crow,
+                  int num_threads) {
+#pragma omp parallel for num_threads(num_threads) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *row = w + r * ld;
+        int32_t n = 0;
+        for (int64_t c = 0; c < cols; c++) n += row[c] != 0.f;
+        crow[r + 1] = n;
+    }
+    crow[0] = 0;
+    for (int64_t r = 0; r < rows; r++) crow[r + 1] += crow[r];
+    return crow[rows];
+}
+
+void csr_fill(const float *w, int64_t rows, int64_t cols, int64_t ld, const int32_t *crow,
+              int32_t *col, float *val, int num_threads) {
+#pragma omp parallel for num_threads(num_threads) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *row = w + r * ld;
+        int64_t e = crow[r];
+        for (int64_t c = 0; c < cols; c++)
+            if (row[c] != 0.f) {
+                col[e] = (int32_t)c;
+                val[e++] = row[c];
+            }
+    }
+}
+
+void csr_transpose(const int32_t *crow, const int32_t *col, const float *val, int64_t rows,
+                   int64_t cols, int32_t *crow_t, int32_t *col_t, float *val_t) {
+    const int64_t nnz = crow[rows];
+    memset(crow_t, 0, (cols + 1) * sizeof(int32_t));
+    for (int64_t e = 0; e < nnz; e++) crow_t[col[e] + 1]++;
+    for (int64_t c = 0; c < cols; c++) crow_t[c + 1] += crow_t[c];
+    int32_t *next = (int32_t *)malloc((cols > 0 ? cols : 1) * sizeof(int32_t));
+    memcpy(next, crow_t, cols * sizeof(int32_t));
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t e = crow[r]; e < crow[r + 1]; e++) {
+            const int32_t k = next[col[e]]++;
+            col_t[k] = (int32_t)r;
+            val_t[k] = val[e];
+        }
+    free(next);
+}
+
+/* o[0:V*16] = sum_e val[e] * x[col[e]][0:V*16] (+ beta * o), V vectors in registers */
+#define CSR_ROW_VEC(V)                                                                           \
+    INLINE void csr_row_v##V(const float *restrict x, const int64_t P, const int32_t *col,     \
+                             const float *val, const int64_t e0, const int64_t e1,             \
+                             float *restrict o, const float beta) {                            \
+        vec16 acc[V];                                                                          \
+        for (int v = 0; v < V; v++) acc[v] = (vec16){0};                                       \
+        for (int64_t e = e0; e < e1; e++) {                                                    \
+            const vec16 *s = (const vec16 *)(x + (int64_t)col[e] * P);                         \
+            const float a = val[e];                                                            \
+            for (int v = 0; v < V; v++) acc[v] += a * s[v];                                    \
+        }                                                                                      \
+        vec16 *d = (vec16 *)o;                                                                 \
+        if (beta != 0.f)                                                                       \
+            for (int v = 0; v < V; v++) acc[v] += beta * d[v];                                 \
+        for (int v = 0; v < V; v++) d[v] = acc[v];                                             \
+    }
+CSR_ROW_VEC(1)
+CSR_ROW_VEC(2)
+CSR_ROW_VEC(4)
+
+/* the same for n < 16 values */
+INLINE void csr_row_short(const float *restrict x, const int64_t P, const int32_t *col,
+                          const float *val, const int64_t e0, const int64_t e1,
+                          float *restrict o, const int64_t n, const float beta) {
+    float acc[16] = {0};
+    for (int64_t e = e0; e < e1; e++) {
+        const float *s = x + (int64_t)col[e] * P;
+        const float a = val[e];
+        for (int64_t p = 0; p < n; p++) acc[p] += a * s[p];
+    }
+    for (int64_t p = 0; p < n; p++) o[p] = beta != 0.f ? acc[p] + beta * o[p] : acc[p];
+}
+
+/* one output row of one sample: its plane in chunks of 64, then 32, 16 and the rest */
+static void csr_row(const float *x, const int64_t P, const int32_t *col, const float *val,
+                    const int64_t e0, const int64_t e1, float *o, const float beta) {
+    int64_t p = 0;
+    for (; p + 64 <= P; p += 64) csr_row_v4(x + p, P, col, val, e0, e1, o + p, beta);
+    if (p + 32 <= P) {
+        csr_row_v2(x + p, P, col, val, e0, e1, o + p, beta);
+        p += 32;
+    }
+    if (p + 16 <= P) {
+        csr_row_v1(x + p, P, col, val, e0, e1, o + p, beta);
+        p += 16;
+    }
+    if (p < P) csr_row_short(x + p, P, col, val, e0, e1, o + p, P - p, beta);
+}
+
+/* out[b, r, :] = sum_e val[e] * x[b, col[e], :] + beta * out[b, r, :] for b < B, r < rows;
+ * x and out hold each sample's planes of P values consecutively, samples sx and so apart
+ * (x already offset to the block's first column); out is not read where beta is 0 */
+void csr_product(const int32_t *crow, const int32_t *col, const float *val, int64_t rows,
+                 const float *x, int64_t sx, float *out, int64_t so, int64_t B, int64_t P,
+                 float beta, int num_threads) {
+#pragma omp parallel for num_threads(num_threads) schedule(static) collapse(2)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t r = 0; r < rows; r++)
+            csr_row(x + b * sx, P, col, val, crow[r], crow[r + 1], out + b * so + r * P, beta);
+}
+
+/* ---- Top-k threshold: the k-th smallest of n floats by radix selection ----------------------
+ *
+ * Each float maps to an unsigned key in the same order (sign bit flipped for positives, every
+ * bit flipped for negatives); three passes over the values histogram the key's top 11 bits,
+ * then the next 11 and the last 10 bits among the values whose earlier bits match, each time
+ * narrowing to the bin that holds rank k. Exact: the returned value is the k-th smallest, as
+ * torch.kthvalue and NumPy's partition give it, in three reads of the values and no copy. */
+
+INLINE uint32_t order_key(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+INLINE float key_value(uint32_t key) {
+    const uint32_t u = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+float kth_smallest(const float *x, int64_t n, int64_t k, int num_threads) {
+    static const int shift[3] = {21, 10, 0}, bits[3] = {11, 11, 10};
+    uint32_t prefix = 0, prefix_mask = 0;
+    int64_t rank = k; /* 1-based rank among the values that match the prefix */
+    for (int pass = 0; pass < 3; pass++) {
+        const int nb = 1 << bits[pass], sh = shift[pass];
+        int64_t *total = (int64_t *)calloc(nb, sizeof(int64_t));
+#pragma omp parallel num_threads(num_threads)
+        {
+            /* four histograms, so that runs of equal bins (values of one magnitude share their
+             * top bits) do not wait on each other's counts */
+            uint32_t *h = (uint32_t *)calloc(4 * (size_t)nb, sizeof(uint32_t));
+            int nt = 1, t = 0;
+#ifdef _OPENMP
+            nt = omp_get_num_threads();
+            t = omp_get_thread_num();
+#endif
+            const int64_t chunk = (n / nt) & ~(int64_t)3, lo = t * chunk;
+            const int64_t hi = t == nt - 1 ? n : lo + chunk;
+            int64_t i = lo;
+            for (; i + 4 <= hi; i += 4)
+                for (int u = 0; u < 4; u++) {
+                    const uint32_t key = order_key(x[i + u]);
+                    h[u * nb + ((key >> sh) & (nb - 1))] += (key & prefix_mask) == prefix;
+                }
+            for (; i < hi; i++) {
+                const uint32_t key = order_key(x[i]);
+                h[(key >> sh) & (nb - 1)] += (key & prefix_mask) == prefix;
+            }
+#pragma omp critical
+            for (int b = 0; b < nb; b++) total[b] += (int64_t)h[b] + h[nb + b] + h[2 * nb + b] + h[3 * nb + b];
+            free(h);
+        }
+        int b = 0;
+        while (b < nb - 1 && rank > total[b]) rank -= total[b++];
+        free(total);
+        prefix |= (uint32_t)b << sh;
+        prefix_mask |= (uint32_t)(nb - 1) << sh;
+    }
+    return key_value(prefix);
 }
