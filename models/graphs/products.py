@@ -21,6 +21,7 @@ __all__ = [
     "sparse_weight",
     "keep_forms",
     "graph_product",
+    "graph_products",
     "SPARSE_MAX_DENSITY",
     "BLOCK_SAMPLES",
     "BLOCK_MAX_NNZ",
@@ -194,19 +195,26 @@ def graph_product(
     """``W x`` (or ``W^T x``) per sample for a block ``w2d`` [rows, cols] of a graph weight, as
     CSR products where the block is sparse enough (``sparse_weight``), else as a batched GEMM;
     the input's channels ``col_offset ..`` of ``col_stride`` are the block's columns."""
+    return graph_products(w2d, [(transposed, col_stride, col_offset)], max_density)[0]
+
+
+def graph_products(w2d: Tensor, forms: list, max_density: float | None = None) -> list:
+    """``graph_product`` for each ``(transposed, col_stride, col_offset)`` in ``forms``, of one
+    block: the products share its CSR forms (made once)."""
     sw = sparse_weight(w2d, max_density)
     if sw is not None:
-        return sw.product(transposed, col_stride, col_offset)
-    return _DenseProduct(w2d, transposed, col_stride, col_offset)
+        return [sw.product(*form) for form in forms]
+    return [_DenseProduct(w2d, *form) for form in forms]
 
 
 class SparseWeight:
     """A graph weight's CSR forms, made on first use and shared by every product with it: W and
     W^T (for input gradients), each readable from a wider buffer (``_CsrProduct``)."""
 
-    def __init__(self, w: Tensor) -> None:
+    def __init__(self, w: Tensor, csr: Tensor | None = None) -> None:
+        """``csr``: W's CSR form (``_csr``) where it was made already."""
         self._w2d = w.detach().reshape(w.shape[0], w.shape[1])
-        self._csr: dict[bool, Tensor] = {}
+        self._csr: dict[bool, Tensor] = {} if csr is None else {False: csr}
         self._products: dict[tuple, _CsrProduct] = {}
 
     def product(
@@ -260,6 +268,11 @@ def sparse_weight(w: Tensor, max_density: float | None = None) -> SparseWeight |
 
 def _make_sparse_weight(w: Tensor, max_density: float) -> SparseWeight | None:
     w2d = w.detach().reshape(w.shape[0], -1)
+    if _native_csr(w2d):  # the CSR form counts the entries too: made once, kept if sparse
+        csr = _csr(w2d)
+        if csr.values().numel() > max_density * w2d.numel():
+            return None
+        return SparseWeight(w, csr)
     if int(torch.count_nonzero(w2d)) > max_density * w2d.numel():
         return None
     return SparseWeight(w)

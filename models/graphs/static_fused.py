@@ -27,7 +27,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from models.graphs import fastpath, native
-from models.graphs.products import graph_product
+from models.graphs.products import graph_product, graph_products
 
 __all__ = ["static_graph", "FUSED_MAX_DENSITY"]
 
@@ -53,8 +53,8 @@ class _Plan:
             form(w2d[rng[i + 1] :, rng[i] : rng[i + 1]], True, rng[i + 1]) for i in range(last)
         ]
         out = w2d[d - feature_dim :, rng[last] :]
-        self.out = form(out, col_offset=rng[last])
-        self.out_t = form(out, True, stride=None)
+        forms = [(False, d, rng[last]), (True, None, 0)]
+        self.out, self.out_t = graph_products(out, forms, FUSED_MAX_DENSITY)
 
 
 class _StaticGraph(torch.autograd.Function):
