@@ -7,12 +7,8 @@ them.
 - ``graph_conv``: a DNW graph keeps a few percent of its edges, but its straight-through update
   needs the gradient of every edge, used or not. So the weight gradient stays a dense product,
   while the forward ``W x`` and the input gradient ``W^T g`` touch only the kept edges: CSR
-  products (MKL through torch) that take 16 samples' [C, H*W] planes a call through a
-  block-diagonal form, so that each works on planes while they are in cache and the call
-  overhead is paid once per 16 samples (3x faster than dense at 5 %, and 1.7x faster than one
-  product per sample). ``graph_product`` gives the same products for a block of a weight, read
-  from a wider buffer, as CSR or (dense blocks) one batched GEMM; the fused static graph
-  (static_fused.py) is built from them.
+  products (products.py: the native kernels, else MKL through torch 16 samples a call), 3x
+  faster than dense at 5 %.
 - ``node_update``: a node's InstanceNorm, ReLU and depthwise convolution as one native kernel
   (models/graphs/native), one pass per plane forward and backward.
 - ``bn_node_update``: a MobileNet Block's node in training, BatchNorm with the batch's

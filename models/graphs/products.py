@@ -1,10 +1,11 @@
 """Graph-weight products per sample on the CPU: CSR forms of a (mostly zero) graph weight and
-the products ``W x`` / ``W^T x`` that use them, 16 samples a call; a batched GEMM for blocks too
-dense for CSR. Used by ``ops.graph_conv`` and the fused static graph (static_fused.py).
+the products ``W x`` / ``W^T x`` that use them. Used by ``ops.graph_conv``.
 
-Measured on the project's CPUs (bench/README.md): one CSR product per sample cost about 20 us
-of MKL call overhead, and the block-diagonal form pays it once per 16 samples; CSR beats a
-dense product up to about 28 % of the entries nonzero.
+By the native kernels (``native.csr_product``: one call per batch, each output plane summed in
+vector registers) where they are built; else by MKL through torch, 16 samples a call. Measured
+on the project's CPUs (bench/README.md): one MKL CSR product per sample cost about 20 us of call
+overhead, and the block-diagonal form pays it once per 16 samples; the native product is 2-3x
+faster than MKL's on the static model's blocks.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ __all__ = [
     "SparseWeight",
     "sparse_weight",
     "keep_forms",
-    "graph_product",
-    "graph_products",
     "SPARSE_MAX_DENSITY",
     "BLOCK_SAMPLES",
     "BLOCK_MAX_NNZ",
@@ -164,47 +163,6 @@ class _CsrProduct(_Product):
             rest = self.block(b - whole)
             torch.addmm(o, rest, x[whole:].reshape(-1, h * w), beta=beta, out=o)
         return out
-
-
-class _DenseProduct(_Product):
-    """``_CsrProduct``'s interface for a block too dense for CSR: W [rows, cols] (or W^T) times
-    channels ``col_offset .. col_offset + cols`` of [B, col_stride, H, W], per sample, by one
-    batched GEMM (MKL) that reads the strided channels in place and writes ``out`` in place."""
-
-    def __init__(
-        self, w2d: Tensor, transposed: bool = False, col_stride: int | None = None, col_offset=0
-    ) -> None:
-        self.w = (w2d.t() if transposed else w2d).detach().contiguous()
-        super().__init__(*self.w.shape, col_stride, col_offset)
-
-    def __call__(self, x: Tensor, out: Tensor | None = None, beta: float = 0.0) -> Tensor:
-        out = self._output(x, out)
-        b, c, h, w = x.shape
-        cols = x.reshape(b, c, h * w)[:, self.col_offset : self.col_offset + self.cols]
-        out.view(b, self.rows, h * w).baddbmm_(self.w.expand(b, -1, -1), cols, beta=beta)
-        return out
-
-
-def graph_product(
-    w2d: Tensor,
-    transposed: bool = False,
-    col_stride: int | None = None,
-    col_offset: int = 0,
-    max_density: float | None = None,
-):
-    """``W x`` (or ``W^T x``) per sample for a block ``w2d`` [rows, cols] of a graph weight, as
-    CSR products where the block is sparse enough (``sparse_weight``), else as a batched GEMM;
-    the input's channels ``col_offset ..`` of ``col_stride`` are the block's columns."""
-    return graph_products(w2d, [(transposed, col_stride, col_offset)], max_density)[0]
-
-
-def graph_products(w2d: Tensor, forms: list, max_density: float | None = None) -> list:
-    """``graph_product`` for each ``(transposed, col_stride, col_offset)`` in ``forms``, of one
-    block: the products share its CSR forms (made once)."""
-    sw = sparse_weight(w2d, max_density)
-    if sw is not None:
-        return [sw.product(*form) for form in forms]
-    return [_DenseProduct(w2d, *form) for form in forms]
 
 
 class SparseWeight:

@@ -81,8 +81,7 @@ def _exact(model, x, y):
 @pytest.mark.parametrize("graph", ["dnw", "random", "dnw_no_update", "td"])
 def test_fused_equals_stepwise_and_the_original(kwargs, batch, graph, monkeypatch):
     torch.manual_seed(0)
-    # sparse enough for the fused path (FUSED_MAX_DENSITY in every block): td keeps its
-    # candidates with probability 1 - rho in training
+    # td keeps its candidates with probability 1 - rho in training
     model = StaticNeuralGraph(graph=graph, prune_rate=0.95, rho=0.99, **kwargs).train()
     size = model.image_size
     x, y = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
@@ -117,10 +116,10 @@ def test_fused_eval_equals_stepwise_eval(monkeypatch):
 @pytest.mark.parametrize(
     "graph,prune_rate,crowded", [("complete", 0.0, False), ("dnw", 0.5, False), ("dnw", 0.9, True)]
 )
-def test_dense_blocks_take_batched_products(graph, prune_rate, crowded, monkeypatch):
-    """A dense block (a complete graph; a DNW wiring that crowds into one block, as the stem's
-    edges into the first group do in training) is one batched GEMM inside the fused path, the
-    other blocks stay CSR: still the original's numbers."""
+def test_dense_wirings_give_the_originals_numbers(graph, prune_rate, crowded, monkeypatch):
+    """Every block is a CSR product inside the fused path whatever its density: a complete
+    graph, and a DNW wiring that crowds into one block (as the stem's edges into the first
+    group do in training), still give the original's numbers."""
     torch.manual_seed(0)
     model = StaticNeuralGraph(graph=graph, prune_rate=prune_rate, dim=96, downsample_dim=16,
                               feature_dim=10, image_size=16)  # fmt: skip
@@ -128,18 +127,55 @@ def test_dense_blocks_take_batched_products(graph, prune_rate, crowded, monkeypa
     if crowded:  # the stem's edges into group 1 win the top-k
         with torch.no_grad():
             model.graph.weight[r[1] : r[2], : r[1]] *= 100
-    w = model.graph.get_weight().detach().reshape(96, 96)
-    plan = static_fused._Plan(w, model.block_rng, model.feature_dim)
-    products = [*plan.pull[1:], *plan.push_t, plan.out, plan.out_t]
-    kinds = [type(p).__name__ for p in products]
-    assert "_DenseProduct" in kinds
-    if crowded:
-        assert type(plan.pull[1]).__name__ == "_DenseProduct" and "_CsrProduct" in kinds
     calls = _count_fused(monkeypatch)
     x, y = torch.randn(5, 3, 16, 16), torch.randint(0, 10, (5,))
     got = _step(model, model, x, y)
     assert len(calls) == 1
     _assert_close(got, _exact(model, x, y))
+
+
+def _dag_run(model, stem, g_out):
+    """The fused graph's read-out and stem gradient for ``stem`` (the native DAG directly)."""
+    stem = stem.clone().requires_grad_()
+    out = static_fused.static_graph(
+        stem, model.graph.get_weight().detach(), model.conv.weight.detach(), model.norm,
+        model.block_rng, model.feature_dim,
+    )  # fmt: skip
+    out.backward(g_out)
+    return out.detach(), stem.grad
+
+
+def test_results_do_not_depend_on_threads_or_on_the_other_samples():
+    """One sample a thread (a batch at least as large as the threads) or each group's planes
+    shared out (a smaller batch): every sample's read-out and stem gradient are bitwise the
+    same, with 1, 2 or 3 threads, alone or in a batch."""
+    torch.manual_seed(0)
+    model = StaticNeuralGraph(dim=96, downsample_dim=16, feature_dim=10, image_size=16)
+    stem, g_out = torch.randn(4, 16, 4, 4), torch.randn(4, 10, 4, 4)
+    old, runs = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            runs.append(_dag_run(model, stem, g_out))
+            alone = _dag_run(model, stem[:1], g_out[:1])  # fewer samples than threads
+            assert torch.equal(alone[0], runs[-1][0][:1]) and torch.equal(alone[1], runs[-1][1][:1])
+    finally:
+        torch.set_num_threads(old)
+    for run in runs[1:]:
+        assert torch.equal(run[0], runs[0][0]) and torch.equal(run[1], runs[0][1])
+
+
+def test_the_dag_refuses_edges_it_cannot_take():
+    rng, d = [0, 4, 8, 12], 12
+    w = torch.randn(d, d)
+    out = native.csr_from_dense(w[d - 3 :, 8:])
+    own_group = native.csr_from_dense(w[4:], row_cols=torch.tensor([5] * 4 + [8] * 4))
+    with pytest.raises(ValueError, match="own or a later group"):
+        native.StaticDag(rng, 3, own_group, out)
+    with pytest.raises(ValueError, match="a row per node"):
+        native.StaticDag(rng, 3, native.csr_from_dense(w[5:]), out)
+    with pytest.raises(ValueError, match="do not fit"):
+        native.StaticDag(rng, 5, native.csr_from_dense(w[4:]), out)
 
 
 def test_without_native_kernels_the_stepwise_path_runs(monkeypatch):

@@ -45,6 +45,7 @@ __all__ = [
     "csr_transpose",
     "csr_product",
     "kth_smallest",
+    "StaticDag",
     "eval_library",
     "BlockEval",
     "SOURCE",
@@ -179,9 +180,9 @@ def _load(path: str) -> ctypes.CDLL:
     lib.bn_node_forward.restype = None
     lib.bn_node_backward.argtypes = [p, i64] + [p] * 10 + [i64] * 5 + [c_int]
     lib.bn_node_backward.restype = None
-    lib.csr_count.argtypes = [p, i64, i64, i64, p, c_int]
+    lib.csr_count.argtypes = [p, i64, i64, i64, p, p, c_int]
     lib.csr_count.restype = i64
-    lib.csr_fill.argtypes = [p, i64, i64, i64, p, p, p, c_int]
+    lib.csr_fill.argtypes = [p, i64, i64, i64, p, p, p, p, c_int]
     lib.csr_fill.restype = None
     lib.csr_transpose.argtypes = [p, p, p, i64, i64, p, p, p]
     lib.csr_transpose.restype = None
@@ -189,6 +190,12 @@ def _load(path: str) -> ctypes.CDLL:
     lib.csr_product.restype = None
     lib.kth_smallest.argtypes = [p, i64, i64, c_int]
     lib.kth_smallest.restype = c_float
+    lib.static_forward.argtypes = (
+        [i64, p, i64] + [p] * 10 + [c_float] + [p] * 6 + [i64] * 3 + [c_int]
+    )
+    lib.static_forward.restype = None
+    lib.static_backward.argtypes = [i64, p, i64] + [p] * 21 + [i64] * 3 + [c_int]
+    lib.static_backward.restype = None
     return lib
 
 
@@ -363,10 +370,12 @@ def bn_node_backward(
     return gx, gk, ggamma, gbeta
 
 
-def csr_from_dense(w2d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def csr_from_dense(w2d: Tensor, row_cols: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
     """The CSR arrays (int32 row offsets [rows + 1], int32 columns and float32 values [nnz], in
     row-major order) of the nonzero entries of a float32 CPU matrix whose rows are contiguous
-    (a block of a larger matrix will do): what ``torch.nonzero`` would give, in one pass."""
+    (a block of a larger matrix will do): what ``torch.nonzero`` would give, in one pass.
+    ``row_cols`` (int64 [rows]): row r's entries are taken from its first ``row_cols[r]``
+    columns only."""
     rows, cols = w2d.shape
     if not (
         w2d.dtype == torch.float32
@@ -375,13 +384,19 @@ def csr_from_dense(w2d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         and w2d.numel() < 2**31
     ):
         raise ValueError(f"csr_from_dense: a float32 CPU matrix with contiguous rows, not {w2d}")
+    if row_cols is not None:
+        row_cols = row_cols.to(torch.int64).contiguous()
+        if row_cols.shape != (rows,) or (
+            rows and not 0 <= int(row_cols.min()) <= int(row_cols.max()) <= cols
+        ):
+            raise ValueError(f"csr_from_dense: row_cols must be [{rows}] in 0 .. {cols}")
     ld = w2d.stride(0) if rows * cols else cols
     crow = torch.empty(rows + 1, dtype=torch.int32)
     lib, nt = library(), torch.get_num_threads()
-    nnz = lib.csr_count(_ptr(w2d), rows, cols, ld, _ptr(crow), nt)
+    nnz = lib.csr_count(_ptr(w2d), rows, cols, ld, _ptr(row_cols), _ptr(crow), nt)
     col = torch.empty(nnz, dtype=torch.int32)
     val = torch.empty(nnz, dtype=torch.float32)
-    lib.csr_fill(_ptr(w2d), rows, cols, ld, _ptr(crow), _ptr(col), _ptr(val), nt)
+    lib.csr_fill(_ptr(w2d), rows, cols, ld, _ptr(row_cols), _ptr(crow), _ptr(col), _ptr(val), nt)
     return crow, col, val
 
 
@@ -474,6 +489,91 @@ def kth_smallest(flat: Tensor, k: int) -> Tensor:
         raise ValueError(f"kth_smallest: rank {k} of a contiguous float32 CPU vector of {n}")
     value = library().kth_smallest(_ptr(flat), n, k, torch.get_num_threads())
     return torch.tensor(value, dtype=torch.float32)
+
+
+class StaticDag:
+    """The static tiny model's whole DAG by the native kernels, one sample at a time
+    (``static_forward`` / ``static_backward`` in node_ops.c; static_fused.py says the math).
+
+    ``rng``: the node groups' channel boundaries (D = rng[-1]); ``pull``: CSR arrays of the
+    edges into groups 1.. (rows: channels rng[1] .. D, columns: channels below the row's group);
+    ``out``: CSR arrays of the read-out's edges (rows: the last ``f`` nodes, columns: channels
+    rng[-2] ..); their transposes are made here. Checked once, since the kernels read raw
+    pointers."""
+
+    def __init__(self, rng, f: int, pull, out) -> None:
+        self.rng = torch.tensor(rng, dtype=torch.int64)
+        self.L, self.D, self.f = len(rng) - 1, int(rng[-1]), int(f)
+        c1, last = int(rng[1]) if self.L > 1 else self.D, int(rng[-2])
+        if not (self.L >= 1 and 0 < self.f <= self.D - last and (self.rng.diff() > 0).all()):
+            raise ValueError(f"StaticDag: groups {list(rng)} and {f} read-out nodes do not fit")
+        if pull[0].numel() != self.D - c1 + 1 or out[0].numel() != self.f + 1:
+            raise ValueError("StaticDag: the CSR arrays do not have a row per node")
+        _check_csr(*pull, self.D)
+        _check_csr(*out, self.D - last)
+        group_start = torch.repeat_interleave(self.rng[1:-1], self.rng.diff()[1:])
+        rows = torch.repeat_interleave(
+            group_start, (pull[0][1:] - pull[0][:-1]).to(torch.int64)
+        )  # each entry's row's group start: a pull reads only earlier groups
+        if pull[1].numel() and bool((pull[1].to(torch.int64) >= rows).any()):
+            raise ValueError("StaticDag: a node pulls from its own or a later group")
+        self.pull, self.out = pull, out
+        self.push_t = csr_transpose(*pull, self.D)  # rows: channels 0 .., columns: rng[1] ..
+        self.out_t = csr_transpose(*out, self.D - last)  # rows: channels rng[-2] ..
+
+    def forward(
+        self, stem: Tensor, k: Tensor, gamma: Tensor, beta: Tensor, eps: float, cm: bool = True
+    ):
+        """stem [B, rng[1], H, W] -> (states [B, D, H, W], mean, rstd [B, D], nodes [B, D, H,
+        W], nodes_cm [D, B, H, W] (None unless ``cm``), out [B, f, H, W]): every node's state
+        and output, the channel-major copy of the outputs, and the read-out."""
+        b, c0, h, w = stem.shape
+        if not (
+            stem.dtype == torch.float32
+            and stem.device.type == "cpu"
+            and stem.is_contiguous()
+            and c0 == int(self.rng[1])
+            and max(h, w) <= max_side()
+            and k.numel() == 9 * self.D
+            and gamma.numel() == beta.numel() == self.D
+        ):
+            raise ValueError(f"StaticDag: cannot take a stem {tuple(stem.shape)}")
+        k, gamma, beta = k.contiguous(), gamma.contiguous(), beta.contiguous()
+        states, nodes = stem.new_empty(b, self.D, h, w), stem.new_empty(b, self.D, h, w)
+        nodes_cm = stem.new_empty(self.D, b, h, w) if cm else None
+        mean, rstd = stem.new_empty(b, self.D), stem.new_empty(b, self.D)
+        out = stem.new_empty(b, self.f, h, w)
+        library().static_forward(
+            self.L, _ptr(self.rng), self.f, _ptr(stem), *map(_ptr, self.pull),
+            *map(_ptr, self.out), _ptr(k), _ptr(gamma), _ptr(beta), eps, _ptr(states),
+            _ptr(mean), _ptr(rstd), _ptr(nodes), _ptr(nodes_cm), _ptr(out), b, h, w,
+            torch.get_num_threads(),
+        )  # fmt: skip
+        return states, mean, rstd, nodes, nodes_cm, out
+
+    def backward(self, g_out, states, mean, rstd, k, gamma, beta):
+        """The gradients of every node's state ([B, D, H, W] and channel-major [D, B, H, W];
+        the stem's are its first rng[1] channels) and of k, gamma, beta, for the read-out's
+        gradient g_out [B, f, H, W] and what ``forward`` returned."""
+        b, _, h, w = states.shape
+        g_out = g_out.contiguous()
+        if tuple(g_out.shape) != (b, self.f, h, w) or g_out.dtype != torch.float32:
+            raise ValueError(f"StaticDag: a read-out gradient {tuple(g_out.shape)} does not fit")
+        k, gamma, beta = k.contiguous(), gamma.contiguous(), beta.contiguous()
+        gs, gs_cm = states.new_empty(b, self.D, h, w), states.new_empty(self.D, b, h, w)
+        pk, pg, pb = (
+            states.new_empty(b, self.D, 9),
+            states.new_empty(b, self.D),
+            states.new_empty(b, self.D),
+        )
+        gk, gg, gb = k.new_empty(k.shape), gamma.new_empty(self.D), gamma.new_empty(self.D)
+        library().static_backward(
+            self.L, _ptr(self.rng), self.f, _ptr(g_out), *map(_ptr, self.push_t),
+            *map(_ptr, self.out_t), _ptr(states), _ptr(mean), _ptr(rstd), _ptr(k), _ptr(gamma),
+            _ptr(beta), _ptr(gs), _ptr(gs_cm), _ptr(pk), _ptr(pg), _ptr(pb), _ptr(gk), _ptr(gg),
+            _ptr(gb), b, h, w, torch.get_num_threads(),
+        )  # fmt: skip
+        return gs, gs_cm, gk, gg, gb
 
 
 class BlockEval:

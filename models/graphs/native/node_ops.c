@@ -587,13 +587,15 @@ void bn_node_backward(const float *x, int64_t sxb, const float *gy, const float 
  * aligned(4): loads and stores need no alignment beyond a float's */
 typedef float vec16 __attribute__((vector_size(64), aligned(4)));
 
-int64_t csr_count(const float *w, int64_t rows, int64_t cols, int64_t ld, int32_t *crow,
-                  int num_threads) {
+/* row_cols (may be NULL): row r's entries are its first row_cols[r] columns only */
+int64_t csr_count(const float *w, int64_t rows, int64_t cols, int64_t ld, const int64_t *row_cols,
+                  int32_t *crow, int num_threads) {
 #pragma omp parallel for num_threads(num_threads) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const float *row = w + r * ld;
+        const int64_t end = row_cols ? row_cols[r] : cols;
         int32_t n = 0;
-        for (int64_t c = 0; c < cols; c++) n += row[c] != 0.f;
+        for (int64_t c = 0; c < end; c++) n += row[c] != 0.f;
         crow[r + 1] = n;
     }
     crow[0] = 0;
@@ -601,13 +603,14 @@ int64_t csr_count(const float *w, int64_t rows, int64_t cols, int64_t ld, int32_
     return crow[rows];
 }
 
-void csr_fill(const float *w, int64_t rows, int64_t cols, int64_t ld, const int32_t *crow,
-              int32_t *col, float *val, int num_threads) {
+void csr_fill(const float *w, int64_t rows, int64_t cols, int64_t ld, const int64_t *row_cols,
+              const int32_t *crow, int32_t *col, float *val, int num_threads) {
 #pragma omp parallel for num_threads(num_threads) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         const float *row = w + r * ld;
+        const int64_t end = row_cols ? row_cols[r] : cols;
         int64_t e = crow[r];
-        for (int64_t c = 0; c < cols; c++)
+        for (int64_t c = 0; c < end; c++)
             if (row[c] != 0.f) {
                 col[e] = (int32_t)c;
                 val[e++] = row[c];
@@ -755,4 +758,206 @@ float kth_smallest(const float *x, int64_t n, int64_t k, int num_threads) {
         prefix_mask |= (uint32_t)(nb - 1) << sh;
     }
     return key_value(prefix);
+}
+
+/* ---- The static tiny model's whole DAG, one sample at a time (static_fused.py) --------------
+ *
+ * Node groups g = 0 .. L-1 hold channels rng[g] .. rng[g + 1] of D. Forward, for every sample:
+ * group 0's states are the stem's; a later group's states are its pulls, CSR rows (pcrow, pcol,
+ * pval; one row per channel rng[1] .., columns: earlier channels) over the sample's node
+ * outputs; each state goes through the node update (norm, ReLU, depthwise conv) to the node
+ * output. The read-out adds the last group's out-edges (ocrow ..; columns: channels rng[L-1] ..)
+ * to the states of the last f nodes. Backward, groups in reverse: a node's output gradient is
+ * its out-edges' transposed rows (tcrow ..; rows: channels 0 .., columns: channels rng[1] ..)
+ * over the later states' gradients, or for the last group the read-out's (otcrow ..; columns:
+ * the f outputs); then the node update's backward, and for the read-out nodes the read-out's
+ * gradient added directly.
+ *
+ * A sample's nodes (D planes) stay in a core's cache from the first group to the read-out, where
+ * a product per group over the batch reads every earlier plane back from memory. Each sample is
+ * one thread's; with fewer samples than threads the groups run one after another, each group's
+ * planes shared out among the threads. Same sums as the per-group kernels (CSR order, the node
+ * kernels' plane order); the kernel, gamma and beta gradients are summed per plane, then over
+ * the samples in order: results do not depend on the number of threads. */
+
+typedef struct {
+    int64_t L, D, f, B, H, W;
+    const int64_t *rng;
+} Dag;
+
+/* forward of the plane (b, c) */
+static void dag_forward_plane(const Dag *g, int64_t b, int64_t c, const float *stem,
+                              const int32_t *pcrow, const int32_t *pcol, const float *pval,
+                              const float *k, const float *gamma, const float *beta, float eps,
+                              float *states, float *mean, float *rstd, float *nodes,
+                              float *nodes_cm, float *a) {
+    const int64_t D = g->D, P = g->H * g->W, c0 = g->rng[1];
+    float *s = states + (b * D + c) * P, *y = nodes + (b * D + c) * P;
+    if (c < c0)
+        memcpy(s, stem + (b * c0 + c) * P, P * sizeof(float));
+    else
+        csr_row(nodes + b * D * P, P, pcol, pval, pcrow[c - c0], pcrow[c - c0 + 1], s, 0.f);
+    float m, r;
+    if (g->H == 8 && g->W == 8)
+        plane_forward(s, y, k + 9 * c, a, 8, 8, 1, gamma[c], beta[c], eps, &m, &r);
+    else
+        plane_forward(s, y, k + 9 * c, a, g->H, g->W, 1, gamma[c], beta[c], eps, &m, &r);
+    mean[b * D + c] = m;
+    rstd[b * D + c] = r;
+    if (nodes_cm) memcpy(nodes_cm + (c * g->B + b) * P, y, P * sizeof(float));
+}
+
+static void dag_readout(const Dag *g, int64_t b, const int32_t *ocrow, const int32_t *ocol,
+                        const float *oval, const float *states, const float *nodes, float *out) {
+    const int64_t D = g->D, P = g->H * g->W, f = g->f, last = g->rng[g->L - 1];
+    for (int64_t r = 0; r < f; r++) {
+        float *o = out + (b * f + r) * P;
+        memcpy(o, states + (b * D + D - f + r) * P, P * sizeof(float));
+        csr_row(nodes + (b * D + last) * P, P, ocol, oval, ocrow[r], ocrow[r + 1], o, 1.f);
+    }
+}
+
+void static_forward(int64_t L, const int64_t *rng, int64_t f, const float *stem,
+                    const int32_t *pcrow, const int32_t *pcol, const float *pval,
+                    const int32_t *ocrow, const int32_t *ocol, const float *oval,
+                    const float *k, const float *gamma, const float *beta, float eps,
+                    float *states, float *mean, float *rstd, float *nodes, float *nodes_cm,
+                    float *out, int64_t B, int64_t H, int64_t W, int num_threads) {
+    const Dag g = {L, rng[L], f, B, H, W, rng};
+    const int64_t D = rng[L];
+    const int by_sample = B >= num_threads;
+#pragma omp parallel num_threads(num_threads)
+    {
+        float *a = (float *)malloc((H + 2) * (W + 2) * sizeof(float));
+        zero_border(a, H, W);
+        if (by_sample) {
+#pragma omp for schedule(static)
+            for (int64_t b = 0; b < B; b++) {
+                for (int64_t c = 0; c < D; c++)
+                    dag_forward_plane(&g, b, c, stem, pcrow, pcol, pval, k, gamma, beta, eps,
+                                      states, mean, rstd, nodes, nodes_cm, a);
+                dag_readout(&g, b, ocrow, ocol, oval, states, nodes, out);
+            }
+        } else {
+            for (int64_t j = 0; j < L; j++) {
+                const int64_t lo = rng[j], n = rng[j + 1] - lo;
+#pragma omp for schedule(static)
+                for (int64_t bc = 0; bc < B * n; bc++)
+                    dag_forward_plane(&g, bc / n, lo + bc % n, stem, pcrow, pcol, pval, k, gamma,
+                                      beta, eps, states, mean, rstd, nodes, nodes_cm, a);
+            }
+#pragma omp for schedule(static)
+            for (int64_t b = 0; b < B; b++) dag_readout(&g, b, ocrow, ocol, oval, states, nodes, out);
+        }
+        free(a);
+    }
+}
+
+/* backward of the plane (b, c): its state gradient into gs (and its channel-major copy), and
+ * the plane's kernel, gamma and beta gradient sums into pk [B, D, 9], pg, pb [B, D] */
+static void dag_backward_plane(const Dag *g, int64_t b, int64_t c, const float *g_out,
+                               const int32_t *tcrow, const int32_t *tcol, const float *tval,
+                               const int32_t *otcrow, const int32_t *otcol, const float *otval,
+                               const float *states, const float *mean, const float *rstd,
+                               const float *k, const float *gamma, const float *beta, float *gs,
+                               float *gs_cm, float *pk, float *pg, float *pb, Scratch *s,
+                               float *gy) {
+    const int64_t D = g->D, P = g->H * g->W, f = g->f, c1 = g->rng[1], last = g->rng[g->L - 1];
+    if (c >= 2) /* the planes come in descending order, which the hardware does not foresee */
+        for (int64_t q = 0; q < P; q += 16) __builtin_prefetch(states + (b * D + c - 2) * P + q);
+    if (c >= last)
+        csr_row(g_out + b * f * P, P, otcol, otval, otcrow[c - last], otcrow[c - last + 1], gy,
+                0.f);
+    else
+        csr_row(gs + (b * D + c1) * P, P, tcol, tval, tcrow[c], tcrow[c + 1], gy, 0.f);
+    for (int t = 0; t < 9; t++) memset(s->acck[0][t], 0, g->W * sizeof(float));
+    memset(s->accg[0], 0, g->W * sizeof(float));
+    memset(s->accb[0], 0, g->W * sizeof(float));
+    const int64_t bc = b * D + c;
+    float *gx = gs + bc * P;
+    if (g->H == 8 && g->W == 8)
+        plane_backward(states + bc * P, gy, k + 9 * c, gx, s, 0, 8, 8, 1, gamma[c], beta[c],
+                       mean[bc], rstd[bc]);
+    else
+        plane_backward(states + bc * P, gy, k + 9 * c, gx, s, 0, g->H, g->W, 1, gamma[c],
+                       beta[c], mean[bc], rstd[bc]);
+    if (c >= D - f) { /* the read-out takes these nodes' states directly too */
+        const float *go = g_out + (b * f + c - (D - f)) * P;
+        for (int64_t p = 0; p < P; p++) gx[p] += go[p];
+    }
+    memcpy(gs_cm + (c * g->B + b) * P, gx, P * sizeof(float));
+    for (int t = 0; t < 9; t++) {
+        float sum = 0.f;
+        for (int64_t j = 0; j < g->W; j++) sum += s->acck[0][t][j];
+        pk[bc * 9 + t] = sum;
+    }
+    float sg = 0.f, sb = 0.f;
+    for (int64_t j = 0; j < g->W; j++) {
+        sg += s->accg[0][j];
+        sb += s->accb[0][j];
+    }
+    pg[bc] = sg;
+    pb[bc] = sb;
+}
+
+void static_backward(int64_t L, const int64_t *rng, int64_t f, const float *g_out,
+                     const int32_t *tcrow, const int32_t *tcol, const float *tval,
+                     const int32_t *otcrow, const int32_t *otcol, const float *otval,
+                     const float *states, const float *mean, const float *rstd, const float *k,
+                     const float *gamma, const float *beta, float *gs, float *gs_cm, float *pk,
+                     float *pg, float *pb, float *gk, float *ggamma, float *gbeta, int64_t B,
+                     int64_t H, int64_t W, int num_threads) {
+    const Dag g = {L, rng[L], f, B, H, W, rng};
+    const int64_t D = rng[L], P = H * W;
+    const int by_sample = B >= num_threads;
+#pragma omp parallel num_threads(num_threads)
+    {
+        Scratch s;
+        s.a = (float *)malloc((H + 2) * (W + 2) * sizeof(float));
+        s.g = (float *)malloc((H + 2) * (W + 2) * sizeof(float));
+        s.ga = (float *)malloc(P * sizeof(float));
+        s.acck = malloc(sizeof(float[9][MAXW]));
+        s.accg = malloc(sizeof(float[MAXW]));
+        s.accb = malloc(sizeof(float[MAXW]));
+        float *gy = (float *)malloc(P * sizeof(float));
+        zero_border(s.a, H, W);
+        zero_border(s.g, H, W);
+        if (by_sample) {
+#pragma omp for schedule(static)
+            for (int64_t b = 0; b < B; b++)
+                for (int64_t c = D - 1; c >= 0; c--)
+                    dag_backward_plane(&g, b, c, g_out, tcrow, tcol, tval, otcrow, otcol, otval,
+                                       states, mean, rstd, k, gamma, beta, gs, gs_cm, pk, pg, pb,
+                                       &s, gy);
+        } else {
+            for (int64_t j = L - 1; j >= 0; j--) {
+                const int64_t lo = rng[j], n = rng[j + 1] - lo;
+#pragma omp for schedule(static)
+                for (int64_t bc = 0; bc < B * n; bc++)
+                    dag_backward_plane(&g, bc / n, lo + bc % n, g_out, tcrow, tcol, tval, otcrow,
+                                       otcol, otval, states, mean, rstd, k, gamma, beta, gs,
+                                       gs_cm, pk, pg, pb, &s, gy);
+            }
+        }
+        /* each channel's sums over the samples, in sample order */
+#pragma omp for schedule(static)
+        for (int64_t c = 0; c < D; c++) {
+            float sk[9] = {0}, sg = 0.f, sb = 0.f;
+            for (int64_t b = 0; b < B; b++) {
+                for (int t = 0; t < 9; t++) sk[t] += pk[(b * D + c) * 9 + t];
+                sg += pg[b * D + c];
+                sb += pb[b * D + c];
+            }
+            for (int t = 0; t < 9; t++) gk[9 * c + t] = sk[t];
+            ggamma[c] = sg;
+            gbeta[c] = sb;
+        }
+        free(s.a);
+        free(s.g);
+        free(s.ga);
+        free(s.acck);
+        free(s.accg);
+        free(s.accb);
+        free(gy);
+    }
 }
