@@ -40,7 +40,7 @@ class _StaticGraph(torch.autograd.Function):
     def forward(ctx, dag, eps, stem, w, k, *norm_params):  # noqa: D102
         gamma, beta = torch.cat(norm_params[0::2]), torch.cat(norm_params[1::2])
         grads = any(ctx.needs_input_grad)
-        states, mean, rstd, _, nodes_cm, out = dag.forward(
+        states, mean, rstd, nodes_cm, out = dag.forward(
             stem.contiguous(), k, gamma, beta, eps, cm=grads
         )
         if grads:
@@ -53,7 +53,7 @@ class _StaticGraph(torch.autograd.Function):
         dag, nodes_cm = ctx.dag, ctx.nodes_cm
         states, mean, rstd, k, gamma, beta = ctx.saved_tensors
         g_out = g_out.contiguous()
-        g_states, g_states_cm, g_k, g_gamma, g_beta = dag.backward(
+        g_stem, g_states_cm, g_k, g_gamma, g_beta = dag.backward(
             g_out, states, mean, rstd, k, gamma, beta
         )
         rng, d, f = dag.rng.tolist(), dag.D, dag.f
@@ -72,7 +72,6 @@ class _StaticGraph(torch.autograd.Function):
             )
         sizes = [hi - lo for lo, hi in zip(rng, rng[1:])]
         g_norm = [g for pair in zip(g_gamma.split(sizes), g_beta.split(sizes)) for g in pair]
-        g_stem = g_states[:, : rng[1]]
         return (None, None, g_stem, g_w.view(d, d, 1, 1), g_k, *g_norm)
 
 

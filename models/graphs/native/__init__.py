@@ -194,7 +194,7 @@ def _load(path: str) -> ctypes.CDLL:
         [i64, p, i64] + [p] * 10 + [c_float] + [p] * 6 + [i64] * 3 + [c_int]
     )
     lib.static_forward.restype = None
-    lib.static_backward.argtypes = [i64, p, i64] + [p] * 21 + [i64] * 3 + [c_int]
+    lib.static_backward.argtypes = [i64, p, i64] + [p] * 22 + [i64] * 3 + [c_int]
     lib.static_backward.restype = None
     return lib
 
@@ -524,9 +524,9 @@ class StaticDag:
     def forward(
         self, stem: Tensor, k: Tensor, gamma: Tensor, beta: Tensor, eps: float, cm: bool = True
     ):
-        """stem [B, rng[1], H, W] -> (states [B, D, H, W], mean, rstd [B, D], nodes [B, D, H,
-        W], nodes_cm [D, B, H, W] (None unless ``cm``), out [B, f, H, W]): every node's state
-        and output, the channel-major copy of the outputs, and the read-out."""
+        """stem [B, rng[1], H, W] -> (states [B, D, H, W], mean, rstd [B, D], nodes_cm [D, B,
+        H, W] (None unless ``cm``), out [B, f, H, W]): every node's state, the channel-major
+        copy of the node outputs, and the read-out."""
         b, c0, h, w = stem.shape
         if not (
             stem.dtype == torch.float32
@@ -539,28 +539,34 @@ class StaticDag:
         ):
             raise ValueError(f"StaticDag: cannot take a stem {tuple(stem.shape)}")
         k, gamma, beta = k.contiguous(), gamma.contiguous(), beta.contiguous()
-        states, nodes = stem.new_empty(b, self.D, h, w), stem.new_empty(b, self.D, h, w)
+        nt = torch.get_num_threads()
+        states = stem.new_empty(b, self.D, h, w)
+        # with a sample per thread, its node outputs stay in the thread's own buffer
+        nodes = stem.new_empty(b, self.D, h, w) if b < nt else None
         nodes_cm = stem.new_empty(self.D, b, h, w) if cm else None
         mean, rstd = stem.new_empty(b, self.D), stem.new_empty(b, self.D)
         out = stem.new_empty(b, self.f, h, w)
         library().static_forward(
             self.L, _ptr(self.rng), self.f, _ptr(stem), *map(_ptr, self.pull),
             *map(_ptr, self.out), _ptr(k), _ptr(gamma), _ptr(beta), eps, _ptr(states),
-            _ptr(mean), _ptr(rstd), _ptr(nodes), _ptr(nodes_cm), _ptr(out), b, h, w,
-            torch.get_num_threads(),
+            _ptr(mean), _ptr(rstd), _ptr(nodes), _ptr(nodes_cm), _ptr(out), b, h, w, nt,
         )  # fmt: skip
-        return states, mean, rstd, nodes, nodes_cm, out
+        return states, mean, rstd, nodes_cm, out
 
     def backward(self, g_out, states, mean, rstd, k, gamma, beta):
-        """The gradients of every node's state ([B, D, H, W] and channel-major [D, B, H, W];
-        the stem's are its first rng[1] channels) and of k, gamma, beta, for the read-out's
-        gradient g_out [B, f, H, W] and what ``forward`` returned."""
+        """The gradients of the stem [B, rng[1], H, W], of every node's state (channel-major,
+        [D, B, H, W]) and of k, gamma, beta, for the read-out's gradient g_out [B, f, H, W] and
+        what ``forward`` returned."""
         b, _, h, w = states.shape
         g_out = g_out.contiguous()
         if tuple(g_out.shape) != (b, self.f, h, w) or g_out.dtype != torch.float32:
             raise ValueError(f"StaticDag: a read-out gradient {tuple(g_out.shape)} does not fit")
         k, gamma, beta = k.contiguous(), gamma.contiguous(), beta.contiguous()
-        gs, gs_cm = states.new_empty(b, self.D, h, w), states.new_empty(self.D, b, h, w)
+        nt = torch.get_num_threads()
+        # with a sample per thread, its state gradients stay in the thread's own buffer
+        gs = states.new_empty(b, self.D, h, w) if b < nt else None
+        g_stem = states.new_empty(b, int(self.rng[1]), h, w)
+        gs_cm = states.new_empty(self.D, b, h, w)
         pk, pg, pb = (
             states.new_empty(b, self.D, 9),
             states.new_empty(b, self.D),
@@ -570,10 +576,10 @@ class StaticDag:
         library().static_backward(
             self.L, _ptr(self.rng), self.f, _ptr(g_out), *map(_ptr, self.push_t),
             *map(_ptr, self.out_t), _ptr(states), _ptr(mean), _ptr(rstd), _ptr(k), _ptr(gamma),
-            _ptr(beta), _ptr(gs), _ptr(gs_cm), _ptr(pk), _ptr(pg), _ptr(pb), _ptr(gk), _ptr(gg),
-            _ptr(gb), b, h, w, torch.get_num_threads(),
+            _ptr(beta), _ptr(gs), _ptr(g_stem), _ptr(gs_cm), _ptr(pk), _ptr(pg), _ptr(pb),
+            _ptr(gk), _ptr(gg), _ptr(gb), b, h, w, nt,
         )  # fmt: skip
-        return gs, gs_cm, gk, gg, gb
+        return g_stem, gs_cm, gk, gg, gb
 
 
 class BlockEval:

@@ -780,6 +780,28 @@ float kth_smallest(const float *x, int64_t n, int64_t k, int num_threads) {
  * kernels' plane order); the kernel, gamma and beta gradients are summed per plane, then over
  * the samples in order: results do not depend on the number of threads. */
 
+
+/* Copy n floats to dst, bypassing the cache where dst is 64-byte aligned and n a multiple of
+ * 16: the channel-major copies are read only by the weight gradient's matrix product, long
+ * after, so reading their lines into the cache before writing them (as plain stores do) is
+ * wasted traffic. The caller ends its writes with stream_fence() before others read them. */
+#if defined(__AVX__)
+#include <immintrin.h>
+INLINE void stream_copy(float *dst, const float *src, int64_t n) {
+    if (((uintptr_t)dst & 63) || (n & 15)) {
+        memcpy(dst, src, n * sizeof(float));
+        return;
+    }
+    for (int64_t i = 0; i < n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+}
+INLINE void stream_fence(void) { _mm_sfence(); }
+#else
+INLINE void stream_copy(float *dst, const float *src, int64_t n) {
+    memcpy(dst, src, n * sizeof(float));
+}
+INLINE void stream_fence(void) {}
+#endif
+
 typedef struct {
     int64_t L, D, f, B, H, W;
     const int64_t *rng;
@@ -789,14 +811,14 @@ typedef struct {
 static void dag_forward_plane(const Dag *g, int64_t b, int64_t c, const float *stem,
                               const int32_t *pcrow, const int32_t *pcol, const float *pval,
                               const float *k, const float *gamma, const float *beta, float eps,
-                              float *states, float *mean, float *rstd, float *nodes,
+                              float *states, float *mean, float *rstd, float *nodes_b,
                               float *nodes_cm, float *a) {
     const int64_t D = g->D, P = g->H * g->W, c0 = g->rng[1];
-    float *s = states + (b * D + c) * P, *y = nodes + (b * D + c) * P;
+    float *s = states + (b * D + c) * P, *y = nodes_b + c * P;
     if (c < c0)
         memcpy(s, stem + (b * c0 + c) * P, P * sizeof(float));
     else
-        csr_row(nodes + b * D * P, P, pcol, pval, pcrow[c - c0], pcrow[c - c0 + 1], s, 0.f);
+        csr_row(nodes_b, P, pcol, pval, pcrow[c - c0], pcrow[c - c0 + 1], s, 0.f);
     float m, r;
     if (g->H == 8 && g->W == 8)
         plane_forward(s, y, k + 9 * c, a, 8, 8, 1, gamma[c], beta[c], eps, &m, &r);
@@ -804,16 +826,16 @@ static void dag_forward_plane(const Dag *g, int64_t b, int64_t c, const float *s
         plane_forward(s, y, k + 9 * c, a, g->H, g->W, 1, gamma[c], beta[c], eps, &m, &r);
     mean[b * D + c] = m;
     rstd[b * D + c] = r;
-    if (nodes_cm) memcpy(nodes_cm + (c * g->B + b) * P, y, P * sizeof(float));
+    if (nodes_cm) stream_copy(nodes_cm + (c * g->B + b) * P, y, P);
 }
 
 static void dag_readout(const Dag *g, int64_t b, const int32_t *ocrow, const int32_t *ocol,
-                        const float *oval, const float *states, const float *nodes, float *out) {
+                        const float *oval, const float *states, const float *nodes_b, float *out) {
     const int64_t D = g->D, P = g->H * g->W, f = g->f, last = g->rng[g->L - 1];
     for (int64_t r = 0; r < f; r++) {
         float *o = out + (b * f + r) * P;
         memcpy(o, states + (b * D + D - f + r) * P, P * sizeof(float));
-        csr_row(nodes + (b * D + last) * P, P, ocol, oval, ocrow[r], ocrow[r + 1], o, 1.f);
+        csr_row(nodes_b + last * P, P, ocol, oval, ocrow[r], ocrow[r + 1], o, 1.f);
     }
 }
 
@@ -831,24 +853,30 @@ void static_forward(int64_t L, const int64_t *rng, int64_t f, const float *stem,
         float *a = (float *)malloc((H + 2) * (W + 2) * sizeof(float));
         zero_border(a, H, W);
         if (by_sample) {
+            /* one sample's node outputs: a thread's own, in its cache */
+            float *nodes_b = (float *)malloc(D * H * W * sizeof(float));
 #pragma omp for schedule(static)
             for (int64_t b = 0; b < B; b++) {
                 for (int64_t c = 0; c < D; c++)
                     dag_forward_plane(&g, b, c, stem, pcrow, pcol, pval, k, gamma, beta, eps,
-                                      states, mean, rstd, nodes, nodes_cm, a);
-                dag_readout(&g, b, ocrow, ocol, oval, states, nodes, out);
+                                      states, mean, rstd, nodes_b, nodes_cm, a);
+                dag_readout(&g, b, ocrow, ocol, oval, states, nodes_b, out);
             }
+            free(nodes_b);
         } else {
             for (int64_t j = 0; j < L; j++) {
                 const int64_t lo = rng[j], n = rng[j + 1] - lo;
 #pragma omp for schedule(static)
                 for (int64_t bc = 0; bc < B * n; bc++)
                     dag_forward_plane(&g, bc / n, lo + bc % n, stem, pcrow, pcol, pval, k, gamma,
-                                      beta, eps, states, mean, rstd, nodes, nodes_cm, a);
+                                      beta, eps, states, mean, rstd, nodes + bc / n * D * H * W,
+                                      nodes_cm, a);
             }
 #pragma omp for schedule(static)
-            for (int64_t b = 0; b < B; b++) dag_readout(&g, b, ocrow, ocol, oval, states, nodes, out);
+            for (int64_t b = 0; b < B; b++)
+                dag_readout(&g, b, ocrow, ocol, oval, states, nodes + b * D * H * W, out);
         }
+        stream_fence();
         free(a);
     }
 }
@@ -859,9 +887,9 @@ static void dag_backward_plane(const Dag *g, int64_t b, int64_t c, const float *
                                const int32_t *tcrow, const int32_t *tcol, const float *tval,
                                const int32_t *otcrow, const int32_t *otcol, const float *otval,
                                const float *states, const float *mean, const float *rstd,
-                               const float *k, const float *gamma, const float *beta, float *gs,
-                               float *gs_cm, float *pk, float *pg, float *pb, Scratch *s,
-                               float *gy) {
+                               const float *k, const float *gamma, const float *beta,
+                               float *gs_b, float *g_stem, float *gs_cm, float *pk, float *pg,
+                               float *pb, Scratch *s, float *gy) {
     const int64_t D = g->D, P = g->H * g->W, f = g->f, c1 = g->rng[1], last = g->rng[g->L - 1];
     if (c >= 2) /* the planes come in descending order, which the hardware does not foresee */
         for (int64_t q = 0; q < P; q += 16) __builtin_prefetch(states + (b * D + c - 2) * P + q);
@@ -869,12 +897,12 @@ static void dag_backward_plane(const Dag *g, int64_t b, int64_t c, const float *
         csr_row(g_out + b * f * P, P, otcol, otval, otcrow[c - last], otcrow[c - last + 1], gy,
                 0.f);
     else
-        csr_row(gs + (b * D + c1) * P, P, tcol, tval, tcrow[c], tcrow[c + 1], gy, 0.f);
+        csr_row(gs_b + c1 * P, P, tcol, tval, tcrow[c], tcrow[c + 1], gy, 0.f);
     for (int t = 0; t < 9; t++) memset(s->acck[0][t], 0, g->W * sizeof(float));
     memset(s->accg[0], 0, g->W * sizeof(float));
     memset(s->accb[0], 0, g->W * sizeof(float));
     const int64_t bc = b * D + c;
-    float *gx = gs + bc * P;
+    float *gx = gs_b + c * P;
     if (g->H == 8 && g->W == 8)
         plane_backward(states + bc * P, gy, k + 9 * c, gx, s, 0, 8, 8, 1, gamma[c], beta[c],
                        mean[bc], rstd[bc]);
@@ -885,7 +913,8 @@ static void dag_backward_plane(const Dag *g, int64_t b, int64_t c, const float *
         const float *go = g_out + (b * f + c - (D - f)) * P;
         for (int64_t p = 0; p < P; p++) gx[p] += go[p];
     }
-    memcpy(gs_cm + (c * g->B + b) * P, gx, P * sizeof(float));
+    stream_copy(gs_cm + (c * g->B + b) * P, gx, P);
+    if (c < c1) memcpy(g_stem + (b * c1 + c) * P, gx, P * sizeof(float));
     for (int t = 0; t < 9; t++) {
         float sum = 0.f;
         for (int64_t j = 0; j < g->W; j++) sum += s->acck[0][t][j];
@@ -904,7 +933,8 @@ void static_backward(int64_t L, const int64_t *rng, int64_t f, const float *g_ou
                      const int32_t *tcrow, const int32_t *tcol, const float *tval,
                      const int32_t *otcrow, const int32_t *otcol, const float *otval,
                      const float *states, const float *mean, const float *rstd, const float *k,
-                     const float *gamma, const float *beta, float *gs, float *gs_cm, float *pk,
+                     const float *gamma, const float *beta, float *gs, float *g_stem,
+                     float *gs_cm, float *pk,
                      float *pg, float *pb, float *gk, float *ggamma, float *gbeta, int64_t B,
                      int64_t H, int64_t W, int num_threads) {
     const Dag g = {L, rng[L], f, B, H, W, rng};
@@ -923,22 +953,26 @@ void static_backward(int64_t L, const int64_t *rng, int64_t f, const float *g_ou
         zero_border(s.a, H, W);
         zero_border(s.g, H, W);
         if (by_sample) {
+            /* one sample's state gradients: a thread's own, in its cache */
+            float *gs_b = (float *)malloc(D * P * sizeof(float));
 #pragma omp for schedule(static)
             for (int64_t b = 0; b < B; b++)
                 for (int64_t c = D - 1; c >= 0; c--)
                     dag_backward_plane(&g, b, c, g_out, tcrow, tcol, tval, otcrow, otcol, otval,
-                                       states, mean, rstd, k, gamma, beta, gs, gs_cm, pk, pg, pb,
-                                       &s, gy);
+                                       states, mean, rstd, k, gamma, beta, gs_b, g_stem, gs_cm,
+                                       pk, pg, pb, &s, gy);
+            free(gs_b);
         } else {
             for (int64_t j = L - 1; j >= 0; j--) {
                 const int64_t lo = rng[j], n = rng[j + 1] - lo;
 #pragma omp for schedule(static)
                 for (int64_t bc = 0; bc < B * n; bc++)
                     dag_backward_plane(&g, bc / n, lo + bc % n, g_out, tcrow, tcol, tval, otcrow,
-                                       otcol, otval, states, mean, rstd, k, gamma, beta, gs,
-                                       gs_cm, pk, pg, pb, &s, gy);
+                                       otcol, otval, states, mean, rstd, k, gamma, beta,
+                                       gs + bc / n * D * P, g_stem, gs_cm, pk, pg, pb, &s, gy);
             }
         }
+        stream_fence();
         /* each channel's sums over the samples, in sample order */
 #pragma omp for schedule(static)
         for (int64_t c = 0; c < D; c++) {
