@@ -814,11 +814,12 @@ static void dag_forward_plane(const Dag *g, int64_t b, int64_t c, const float *s
                               float *states, float *mean, float *rstd, float *nodes_b,
                               float *nodes_cm, float *a) {
     const int64_t D = g->D, P = g->H * g->W, c0 = g->rng[1];
-    float *s = states + (b * D + c) * P, *y = nodes_b + c * P;
+    float *s = a + (g->H + 2) * (g->W + 2), *y = nodes_b + c * P; /* the state: in scratch */
     if (c < c0)
         memcpy(s, stem + (b * c0 + c) * P, P * sizeof(float));
     else
         csr_row(nodes_b, P, pcol, pval, pcrow[c - c0], pcrow[c - c0 + 1], s, 0.f);
+    stream_copy(states + (b * D + c) * P, s, P); /* read again only in the backward */
     float m, r;
     if (g->H == 8 && g->W == 8)
         plane_forward(s, y, k + 9 * c, a, 8, 8, 1, gamma[c], beta[c], eps, &m, &r);
@@ -850,7 +851,8 @@ void static_forward(int64_t L, const int64_t *rng, int64_t f, const float *stem,
     const int by_sample = B >= num_threads;
 #pragma omp parallel num_threads(num_threads)
     {
-        float *a = (float *)malloc((H + 2) * (W + 2) * sizeof(float));
+        /* the padded plane of the node kernels, then a state plane */
+        float *a = (float *)malloc(((H + 2) * (W + 2) + H * W) * sizeof(float));
         zero_border(a, H, W);
         if (by_sample) {
             /* one sample's node outputs: a thread's own, in its cache */
@@ -866,11 +868,13 @@ void static_forward(int64_t L, const int64_t *rng, int64_t f, const float *stem,
         } else {
             for (int64_t j = 0; j < L; j++) {
                 const int64_t lo = rng[j], n = rng[j + 1] - lo;
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
                 for (int64_t bc = 0; bc < B * n; bc++)
                     dag_forward_plane(&g, bc / n, lo + bc % n, stem, pcrow, pcol, pval, k, gamma,
                                       beta, eps, states, mean, rstd, nodes + bc / n * D * H * W,
                                       nodes_cm, a);
+                stream_fence(); /* the states streamed out are read by other threads next */
+#pragma omp barrier
             }
 #pragma omp for schedule(static)
             for (int64_t b = 0; b < B; b++)
