@@ -241,6 +241,29 @@ typedef struct {
     float (*acck)[9][MAXW], (*accg)[MAXW], (*accb)[MAXW]; /* per channel of a block, lane-wise */
 } Scratch;
 
+/* a thread's scratch for the backward of `channels` planes at a time */
+static Scratch scratch_new(int64_t H, int64_t W, int64_t channels) {
+    Scratch s;
+    s.a = (float *)malloc((H + 2) * (W + 2) * sizeof(float));
+    s.g = (float *)malloc((H + 2) * (W + 2) * sizeof(float));
+    s.ga = (float *)malloc(H * W * sizeof(float));
+    s.acck = malloc(channels * sizeof(float[9][MAXW]));
+    s.accg = malloc(channels * sizeof(float[MAXW]));
+    s.accb = malloc(channels * sizeof(float[MAXW]));
+    zero_border(s.a, H, W);
+    zero_border(s.g, H, W);
+    return s;
+}
+
+static void scratch_free(Scratch *s) {
+    free(s->a);
+    free(s->g);
+    free(s->ga);
+    free(s->acck);
+    free(s->accg);
+    free(s->accb);
+}
+
 /* One plane's backward: gx, and the plane's share of the kernel / gamma / beta gradients added
  * to the lane-wise accumulators. */
 INLINE void plane_backward(const float *restrict x, const float *restrict gy,
@@ -307,15 +330,7 @@ void node_backward(const float *x, const float *gy, const float *k, const float 
     const int norm = gamma != NULL;
 #pragma omp parallel num_threads(num_threads)
     {
-        Scratch s;
-        s.a = (float *)malloc((H + 2) * (W + 2) * sizeof(float));
-        s.g = (float *)malloc((H + 2) * (W + 2) * sizeof(float));
-        s.ga = (float *)malloc(P * sizeof(float));
-        s.acck = malloc(sizeof(float[CBLOCK][9][MAXW]));
-        s.accg = malloc(sizeof(float[CBLOCK][MAXW]));
-        s.accb = malloc(sizeof(float[CBLOCK][MAXW]));
-        zero_border(s.a, H, W);
-        zero_border(s.g, H, W);
+        Scratch s = scratch_new(H, W, CBLOCK);
         /* a thread owns whole channel blocks, so each channel's sums over the batch are its
          * alone (no atomics) and run in sample order */
 #pragma omp for schedule(static)
@@ -357,12 +372,7 @@ void node_backward(const float *x, const float *gy, const float *k, const float 
                 }
             }
         }
-        free(s.a);
-        free(s.g);
-        free(s.ga);
-        free(s.acck);
-        free(s.accg);
-        free(s.accb);
+        scratch_free(&s);
     }
 }
 
@@ -946,16 +956,8 @@ void static_backward(int64_t L, const int64_t *rng, int64_t f, const float *g_ou
     const int by_sample = B >= num_threads;
 #pragma omp parallel num_threads(num_threads)
     {
-        Scratch s;
-        s.a = (float *)malloc((H + 2) * (W + 2) * sizeof(float));
-        s.g = (float *)malloc((H + 2) * (W + 2) * sizeof(float));
-        s.ga = (float *)malloc(P * sizeof(float));
-        s.acck = malloc(sizeof(float[9][MAXW]));
-        s.accg = malloc(sizeof(float[MAXW]));
-        s.accb = malloc(sizeof(float[MAXW]));
+        Scratch s = scratch_new(H, W, 1);
         float *gy = (float *)malloc(P * sizeof(float));
-        zero_border(s.a, H, W);
-        zero_border(s.g, H, W);
         if (by_sample) {
             /* one sample's state gradients: a thread's own, in its cache */
             float *gs_b = (float *)malloc(D * P * sizeof(float));
@@ -990,12 +992,7 @@ void static_backward(int64_t L, const int64_t *rng, int64_t f, const float *g_ou
             ggamma[c] = sg;
             gbeta[c] = sb;
         }
-        free(s.a);
-        free(s.g);
-        free(s.ga);
-        free(s.acck);
-        free(s.accg);
-        free(s.accb);
+        scratch_free(&s);
         free(gy);
     }
 }
