@@ -98,12 +98,6 @@ def static_graph(
         return None
     if len({nm.eps for nm in norms}) != 1:
         return None
-    d, last = rng[-1], rng[-2]
-    w2d = w.detach().reshape(d, d)
-    # the edges into groups 1..: row r of group j reads the channels below rng[j]
-    group_start = torch.repeat_interleave(torch.tensor(rng[1:-1]), torch.tensor(rng).diff()[1:])
-    pull = native.csr_from_dense(w2d[rng[1] :], row_cols=group_start)
-    out = native.csr_from_dense(w2d[d - feature_dim :, last:])
-    dag = native.StaticDag(rng, feature_dim, pull, out)
+    dag = native.StaticDag(w.detach().reshape(rng[-1], rng[-1]), rng, feature_dim)
     params = [p for nm in norms for p in (nm.weight, nm.bias)]
     return _StaticGraph.apply(dag, norms[0].eps, stem, w, conv_weight, *params)

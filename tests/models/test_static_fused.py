@@ -165,17 +165,24 @@ def test_results_do_not_depend_on_threads_or_on_the_other_samples():
         assert torch.equal(run[0], runs[0][0]) and torch.equal(run[1], runs[0][1])
 
 
-def test_the_dag_refuses_edges_it_cannot_take():
+def test_the_dag_reads_only_its_region_and_refuses_what_does_not_fit():
+    """The pulls are the edges into a later group only, whatever the weight holds elsewhere;
+    groups, read-out and weight that do not fit are refused."""
     rng, d = [0, 4, 8, 12], 12
-    w = torch.randn(d, d)
-    out = native.csr_from_dense(w[d - 3 :, 8:])
-    own_group = native.csr_from_dense(w[4:], row_cols=torch.tensor([5] * 4 + [8] * 4))
-    with pytest.raises(ValueError, match="own or a later group"):
-        native.StaticDag(rng, 3, own_group, out)
-    with pytest.raises(ValueError, match="a row per node"):
-        native.StaticDag(rng, 3, native.csr_from_dense(w[5:]), out)
+    w = torch.randn(d, d)  # every entry an edge, the DAG's region and outside it
+    dag = native.StaticDag(w, rng, 3)
+    crow, col, val = dag.pull
+    rows = torch.repeat_interleave(torch.arange(4, d), (crow[1:] - crow[:-1]).long())
+    starts = torch.tensor([4] * 4 + [8] * 4)
+    assert torch.equal(col.long(), torch.cat([torch.arange(int(s)) for s in starts]))
+    assert torch.equal(val, w[rows, col.long()])
+    assert dag.out[1].numel() == 3 * 4 and dag.push_t[0].numel() == d + 1
     with pytest.raises(ValueError, match="do not fit"):
-        native.StaticDag(rng, 5, native.csr_from_dense(w[4:]), out)
+        native.StaticDag(w, rng, 5)  # more read-out nodes than the last group holds
+    with pytest.raises(ValueError, match="do not fit"):
+        native.StaticDag(w[:, :10], rng, 3)
+    with pytest.raises(ValueError, match="do not fit"):
+        native.StaticDag(w, [0, 8, 4, 12], 3)
 
 
 def test_without_native_kernels_the_stepwise_path_runs(monkeypatch):

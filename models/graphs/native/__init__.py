@@ -495,31 +495,32 @@ class StaticDag:
     """The static tiny model's whole DAG by the native kernels, one sample at a time
     (``static_forward`` / ``static_backward`` in node_ops.c; static_fused.py says the math).
 
-    ``rng``: the node groups' channel boundaries (D = rng[-1]); ``pull``: CSR arrays of the
-    edges into groups 1.. (rows: channels rng[1] .. D, columns: channels below the row's group);
-    ``out``: CSR arrays of the read-out's edges (rows: the last ``f`` nodes, columns: channels
-    rng[-2] ..); their transposes are made here. Checked once, since the kernels read raw
-    pointers."""
+    ``w2d``: the effective edge weight [D, D] (float32, rows contiguous); ``rng``: the node
+    groups' channel boundaries (D = rng[-1]); ``f``: the read-out nodes, the last f. Its CSR
+    forms are made here: the pulls (rows: channels rng[1] .. D, each over the channels below
+    its group), the read-out's edges (rows: the last f nodes, columns: channels rng[-2] ..), and
+    their transposes for the backward."""
 
-    def __init__(self, rng, f: int, pull, out) -> None:
+    def __init__(self, w2d: Tensor, rng, f: int) -> None:
         self.rng = torch.tensor(rng, dtype=torch.int64)
         self.L, self.D, self.f = len(rng) - 1, int(rng[-1]), int(f)
-        c1, last = int(rng[1]) if self.L > 1 else self.D, int(rng[-2])
-        if not (self.L >= 1 and 0 < self.f <= self.D - last and (self.rng.diff() > 0).all()):
-            raise ValueError(f"StaticDag: groups {list(rng)} and {f} read-out nodes do not fit")
-        if pull[0].numel() != self.D - c1 + 1 or out[0].numel() != self.f + 1:
-            raise ValueError("StaticDag: the CSR arrays do not have a row per node")
-        _check_csr(*pull, self.D)
-        _check_csr(*out, self.D - last)
+        c1, last = int(rng[1]) if self.L else 0, int(rng[-2]) if self.L else 0
+        if not (
+            self.L >= 1
+            and int(rng[0]) == 0
+            and bool((self.rng.diff() > 0).all())
+            and 0 < self.f <= self.D - last
+            and tuple(w2d.shape) == (self.D, self.D)
+        ):
+            raise ValueError(
+                f"StaticDag: groups {list(rng)}, {f} read-out nodes and a weight "
+                f"{tuple(w2d.shape)} do not fit"
+            )
         group_start = torch.repeat_interleave(self.rng[1:-1], self.rng.diff()[1:])
-        rows = torch.repeat_interleave(
-            group_start, (pull[0][1:] - pull[0][:-1]).to(torch.int64)
-        )  # each entry's row's group start: a pull reads only earlier groups
-        if pull[1].numel() and bool((pull[1].to(torch.int64) >= rows).any()):
-            raise ValueError("StaticDag: a node pulls from its own or a later group")
-        self.pull, self.out = pull, out
-        self.push_t = csr_transpose(*pull, self.D)  # rows: channels 0 .., columns: rng[1] ..
-        self.out_t = csr_transpose(*out, self.D - last)  # rows: channels rng[-2] ..
+        self.pull = csr_from_dense(w2d[c1:], row_cols=group_start)
+        self.out = csr_from_dense(w2d[self.D - self.f :, last:])
+        self.push_t = csr_transpose(*self.pull, self.D)  # rows: channels 0 .., columns: c1 ..
+        self.out_t = csr_transpose(*self.out, self.D - last)  # rows: channels rng[-2] ..
 
     def forward(
         self, stem: Tensor, k: Tensor, gamma: Tensor, beta: Tensor, eps: float, cm: bool = True
@@ -557,9 +558,16 @@ class StaticDag:
         """The gradients of the stem [B, rng[1], H, W], of every node's state (channel-major,
         [D, B, H, W]) and of k, gamma, beta, for the read-out's gradient g_out [B, f, H, W] and
         what ``forward`` returned."""
-        b, _, h, w = states.shape
+        b, d, h, w = states.shape
         g_out = g_out.contiguous()
-        if tuple(g_out.shape) != (b, self.f, h, w) or g_out.dtype != torch.float32:
+        if not (
+            tuple(g_out.shape) == (b, self.f, h, w)
+            and g_out.dtype == states.dtype == torch.float32
+            and d == self.D
+            and states.is_contiguous()
+            and mean.numel() == rstd.numel() == b * d
+            and max(h, w) <= max_side()
+        ):
             raise ValueError(f"StaticDag: a read-out gradient {tuple(g_out.shape)} does not fit")
         k, gamma, beta = k.contiguous(), gamma.contiguous(), beta.contiguous()
         nt = torch.get_num_threads()
